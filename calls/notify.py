@@ -1,0 +1,114 @@
+"""Cross-process "this call changed" notifications, so waiters wake without hammering the database.
+
+With ``REDIS_URL`` set, updates are published on a Redis channel per call and a waiter blocks on its
+subscription; the database stays the source of truth and is re-checked on every wake-up and at
+least every ``SAFETY_RECHECK_SECONDS``. In the embedded single-machine mode (no Redis), waiters in
+the same process are woken through a condition variable and other processes fall back to a short
+database poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+SAFETY_RECHECK_SECONDS = 2.0
+EMBEDDED_POLL_SECONDS = 0.2
+
+_local_condition = threading.Condition()
+_local_versions: dict[str, int] = {}
+_redis_client = None
+_redis_lock = threading.Lock()
+
+
+def _channel(call_id: str) -> str:
+    return f"voicecall:call:{call_id}"
+
+
+def _redis():
+    global _redis_client
+    if not settings.REDIS_URL:
+        return None
+    with _redis_lock:
+        if _redis_client is None:
+            import redis
+
+            _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=3)
+        return _redis_client
+
+
+def publish_call_update(call_id: str) -> None:
+    """Tell every waiter on this call to re-read it. Safe to call when Redis is down (logged)."""
+    call_id = str(call_id)
+    with _local_condition:
+        _local_versions[call_id] = _local_versions.get(call_id, 0) + 1
+        _local_condition.notify_all()
+    client = _redis()
+    if client is not None:
+        try:
+            client.publish(_channel(call_id), "1")
+        except Exception as exc:  # waiters still re-check the DB on their safety timer
+            logger.warning("call update for %s not published to Redis: %s", call_id, exc)
+
+
+class CallUpdateWaiter:
+    def __init__(self, call_id: str):
+        self.call_id = str(call_id)
+        self._pubsub = None
+        self._seen_version = _local_versions.get(self.call_id, 0)
+        client = _redis()
+        if client is not None:
+            try:
+                self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+                self._pubsub.subscribe(_channel(self.call_id))
+            except Exception as exc:
+                logger.warning("falling back to polling for call %s: %s", self.call_id, exc)
+                self._pubsub = None
+
+    def wait(self, timeout: float) -> None:
+        """Return when the call may have changed, or after ``timeout`` seconds at the latest."""
+        timeout = max(0.0, timeout)
+        if self._pubsub is not None:
+            deadline = time.monotonic() + min(timeout, SAFETY_RECHECK_SECONDS)
+            try:
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    if self._pubsub.get_message(timeout=remaining) is not None:
+                        return
+            except Exception as exc:
+                logger.warning("Redis subscription for call %s lost: %s", self.call_id, exc)
+                self._pubsub = None
+                time.sleep(min(timeout, EMBEDDED_POLL_SECONDS))
+                return
+        with _local_condition:
+            _local_condition.wait_for(
+                lambda: _local_versions.get(self.call_id, 0) != self._seen_version,
+                timeout=min(timeout, EMBEDDED_POLL_SECONDS),
+            )
+            self._seen_version = _local_versions.get(self.call_id, 0)
+
+    def close(self) -> None:
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except Exception:  # closing a dead connection must not mask the waiter's result
+                logger.debug("pubsub close failed", exc_info=True)
+            self._pubsub = None
+
+
+@contextmanager
+def call_update_waiter(call_id: str) -> Iterator[CallUpdateWaiter]:
+    waiter = CallUpdateWaiter(call_id)
+    try:
+        yield waiter
+    finally:
+        waiter.close()

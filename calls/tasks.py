@@ -1,0 +1,71 @@
+"""Celery tasks: a thin interface over ``calls/services.py`` (each task is one service call)."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from calls import services
+from providers.base import ProviderError
+
+logger = logging.getLogger(__name__)
+
+PLACE_CALL_MAX_RETRIES = 4
+
+
+@shared_task(bind=True, max_retries=PLACE_CALL_MAX_RETRIES, acks_late=True)
+def place_call(self, call_id: str) -> str:
+    """Dial a queued call. Carrier 5xx/timeouts retry with exponential backoff (1, 2, 4, 8 s); once
+    retries are exhausted the call is marked failed with the carrier's error."""
+    try:
+        return services.place_call(call_id)
+    except ProviderError as exc:
+        if self.request.retries >= self.max_retries:
+            services.fail_call(call_id, str(exc))
+            return "failed"
+        raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
+
+
+@shared_task
+def deliver_initial_message(call_id: str) -> None:
+    try:
+        services.deliver_initial_message(call_id)
+    except services.ServiceError as exc:
+        logger.warning("initial message of call %s not delivered: %s", call_id, exc)
+
+
+@shared_task
+def start_listening(call_id: str) -> None:
+    try:
+        services.start_listening(call_id)
+    except ProviderError as exc:
+        logger.warning("listening on call %s not started: %s", call_id, exc)
+
+
+@shared_task
+def hang_up_after_notify(call_id: str) -> None:
+    services.hang_up_after_notify(call_id)
+
+
+@shared_task
+def enforce_max_duration(call_id: str) -> None:
+    services.enforce_max_duration(call_id)
+
+
+@shared_task
+def reject_inbound_call(provider_name: str, provider_call_id: str) -> None:
+    services.reject_inbound_call(provider_name, provider_call_id)
+
+
+@shared_task
+def answer_inbound_call(call_id: str) -> None:
+    try:
+        services.answer_inbound_call(call_id)
+    except ProviderError as exc:
+        logger.warning("answering inbound call %s failed: %s", call_id, exc)
+
+
+@shared_task
+def reap_stale_calls() -> dict:
+    return services.reap_stale_calls()

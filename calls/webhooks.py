@@ -1,0 +1,93 @@
+"""The carrier webhook endpoint at ``serve.path`` (fact sheet §4.1 pipeline).
+
+Order: POST only → signature headers present → per-IP in-flight cap → body size cap → signature
+verification → replay check → parse → one transaction → answer. No outbound HTTP happens here:
+carrier commands triggered by an event are queued for Celery on commit.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from calls import services
+from calls.config import get_config
+from calls.security import InFlightLimiter, WebhookRequest, header, redact_url, skip_mode_replay_key
+from providers import get_provider
+from providers.base import WebhookParseError
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+IN_FLIGHT_PER_IP = 8
+_limiter = InFlightLimiter(max_per_key=IN_FLIGHT_PER_IP)
+
+
+def webhook_request_from(request: HttpRequest, body: bytes = b"") -> WebhookRequest:
+    return WebhookRequest(
+        method=request.method or "",
+        path=request.path,
+        query_string=request.META.get("QUERY_STRING", ""),
+        headers={k: v for k, v in request.headers.items()},
+        body=body,
+        remote_addr=request.META.get("REMOTE_ADDR") or None,
+        scheme=request.scheme or "http",
+        host=request.META.get("HTTP_HOST"),
+    )
+
+
+def _plain(status: int, text: str) -> HttpResponse:
+    return HttpResponse(text, status=status, content_type="text/plain")
+
+
+@csrf_exempt
+def carrier_webhook(request: HttpRequest) -> HttpResponse:
+    config = get_config()
+    provider = get_provider(config)
+    if request.method != "POST":
+        return _plain(405, "Method Not Allowed")
+    head = webhook_request_from(request)
+    if not config.skip_signature_verification and provider.required_signature_headers:
+        if not any(all(header(head, name) for name in names) for names in provider.required_signature_headers):
+            logger.warning("%s webhook rejected: signature headers missing", provider.name)
+            return _plain(401, "Unauthorized")
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return _plain(400, "Bad Request")
+    if declared > MAX_BODY_BYTES:
+        return _plain(413, "Payload Too Large")
+    remote = head.remote_addr or "unknown"
+    if not _limiter.acquire(remote):
+        return _plain(429, "Too Many Requests")
+    try:
+        body = request.body
+        if len(body) > MAX_BODY_BYTES:
+            return _plain(413, "Payload Too Large")
+        wr = webhook_request_from(request, body)
+        if config.skip_signature_verification:
+            request_key = skip_mode_replay_key(provider.name, wr.method, wr.path + "?" + wr.query_string, body)
+        else:
+            verdict = provider.verify_webhook(wr)
+            if not verdict.ok or not verdict.request_key:
+                logger.warning(
+                    "%s webhook rejected (%s): %s",
+                    provider.name,
+                    redact_url(wr.path + ("?" + wr.query_string if wr.query_string else "")),
+                    verdict.reason or "no request key",
+                )
+                return _plain(401, "Unauthorized")
+            request_key = verdict.request_key
+        try:
+            result = services.process_webhook(provider, wr, request_key)
+        except WebhookParseError as exc:
+            logger.warning("%s webhook body rejected: %s", provider.name, exc)
+            return _plain(400, "Bad Request")
+        if result.replay:
+            logger.info("%s webhook replay acknowledged without side effects", provider.name)
+        reply = result.reply
+        return HttpResponse(reply.body, status=reply.status, content_type=reply.content_type)
+    finally:
+        _limiter.release(remote)

@@ -1,0 +1,225 @@
+"""The provider interface: what every carrier adapter (Twilio, Telnyx, Plivo, mock) offers.
+
+Reference: OpenClaw voice-call fact sheet §2.4 (normalized events) and §3 (common interface).
+
+Providers translate between a carrier's wire format and these plain types. They never touch the
+ORM: the webhook view hands them the request, they hand back ``NormalizedEvent``s, and
+``calls/services.py`` applies those. Responses that depend on the call (TwiML for a notify call,
+Plivo XML for a pending utterance) are rendered from a ``CallSnapshot`` that services build.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from calls.config import VoiceCallConfig
+    from calls.security import WebhookRequest
+
+
+class EventType(enum.StrEnum):
+    INITIATED = "call.initiated"
+    RINGING = "call.ringing"
+    ANSWERED = "call.answered"
+    ACTIVE = "call.active"
+    SPEAKING = "call.speaking"
+    SPOKEN = "call.spoken"  # the carrier finished playing our speech (Telnyx call.speak.ended)
+    SPEECH = "call.speech"
+    SILENCE = "call.silence"
+    DTMF = "call.dtmf"
+    ENDED = "call.ended"
+    ERROR = "call.error"
+
+
+@dataclass(frozen=True)
+class NormalizedEvent:
+    """One thing that happened on a call, in carrier-neutral terms.
+
+    ``dedupe_key`` is what makes a delivery idempotent: it is stored in the unique column of the
+    event ledger, so a second delivery of the same key changes nothing, in any process.
+    ``call_id`` is our internal id when the carrier echoed it back (query string, client_state);
+    ``provider_call_id`` is the carrier's id. ``previous_provider_call_id`` lets a carrier upgrade a
+    provisional id (Plivo RequestUUID → CallUUID).
+    """
+
+    type: EventType
+    dedupe_key: str
+    call_id: str | None = None
+    provider_call_id: str | None = None
+    previous_provider_call_id: str | None = None
+    timestamp: datetime | None = None
+    turn_token: str | None = None
+    direction: str | None = None  # "inbound" | "outbound"
+    from_number: str | None = None
+    to_number: str | None = None
+    text: str | None = None  # call.speaking
+    transcript: str | None = None  # call.speech
+    is_final: bool = True
+    confidence: float | None = None
+    duration_ms: int | None = None  # call.silence
+    digits: str | None = None  # call.dtmf
+    reason: str | None = None  # call.ended: one of the terminal states
+    error: str | None = None  # call.error
+    retryable: bool = False
+    raw: dict[str, Any] = field(default_factory=dict)  # the carrier payload, stored in the ledger
+
+
+@dataclass(frozen=True)
+class CallSnapshot:
+    """What a provider may know about one of our calls (read from the DB by services)."""
+
+    call_id: str
+    provider: str
+    provider_call_id: str | None
+    direction: str
+    state: str
+    mode: str
+    from_number: str
+    to_number: str
+    initial_message: str | None  # still to be spoken
+    pending_turn_token: str | None
+    is_terminal: bool
+    webhook_url: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutboundCallRequest:
+    call_id: str
+    to_number: str
+    from_number: str
+    mode: str  # notify | conversation
+    initial_message: str | None
+    webhook_url: str  # the public URL the carrier should call back, without our query parameters
+    ring_timeout_seconds: int
+    notify_hangup_delay_seconds: int
+    voice: str | None = None
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class PlacedCall:
+    provider_call_id: str
+    status: str = "initiated"
+
+
+@dataclass(frozen=True)
+class ProviderCallStatus:
+    """A carrier's view of a call, for the reaper and for restoring calls after a restart."""
+
+    status: str  # the carrier's word, lower-cased, or "not-found" / "unknown"
+    is_terminal: bool
+    is_unknown: bool = False
+    end_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    reason: str = ""
+    request_key: str | None = None  # stable hash of the authenticated material: the replay key
+
+
+@dataclass(frozen=True)
+class WebhookReply:
+    status: int = 200
+    content_type: str = "text/plain"
+    body: str = "OK"
+    # When the reply itself speaks (TwiML <Say>, Plivo <Speak>), services record the utterance.
+    spoken_text: str | None = None
+    delivers_initial_message: bool = False  # the spoken text is the call's pending initial message
+    listens: bool = False  # the reply also listens for the caller (Gather / GetInput)
+
+
+@dataclass(frozen=True)
+class ParsedWebhook:
+    events: list[NormalizedEvent]
+    # When the answer depends on the call, the provider renders it from the snapshot after the events
+    # were applied (see Provider.render_reply); otherwise ``reply`` is returned as is.
+    reply: WebhookReply | None = None
+
+
+class ProviderError(Exception):
+    """A carrier REST call failed. ``retryable`` marks 5xx/timeouts that Celery may retry."""
+
+    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+
+
+class WebhookParseError(ValueError):
+    """The body is not what this carrier sends: answered with 400, nothing recorded."""
+
+
+class Provider:
+    """Base class of carrier adapters. Subclasses set ``name`` and override what they support."""
+
+    name: ClassVar[str] = ""
+    #: headers that must be present before the body is even read (pre-auth gate, §4.1 step 4);
+    #: each inner tuple is one acceptable set (Plivo accepts V3 or V2 headers).
+    required_signature_headers: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    #: whether each `continue` turn carries a token echoed back by the carrier (Twilio Gather URL)
+    uses_turn_tokens: ClassVar[bool] = False
+    #: Telnyx must answer inbound legs by REST; Twilio/Plivo answer through the webhook reply
+    answers_inbound_by_rest: ClassVar[bool] = False
+    #: whether the first webhook reply itself speaks the initial message (Twilio TwiML <Say>, Plivo
+    #: <Speak>), so services must not also speak it by REST on answer
+    speaks_initial_message_in_reply: ClassVar[bool] = False
+    supports_dtmf: ClassVar[bool] = False
+    #: the carrier reports when playback ends (``call.spoken``): a notify call hangs up that long
+    #: after the end of the message instead of after the speak request, and a conversation starts
+    #: listening only then, so the bot does not transcribe itself (Telnyx)
+    reports_playback_end: ClassVar[bool] = False
+
+    def __init__(self, config: VoiceCallConfig):
+        self.config = config
+
+    # --- webhooks -------------------------------------------------------------------------------
+    def verify_webhook(self, request: WebhookRequest) -> VerifyResult:
+        raise NotImplementedError
+
+    def parse_webhook(self, request: WebhookRequest, request_key: str) -> ParsedWebhook:
+        raise NotImplementedError
+
+    def render_reply(
+        self, request: WebhookRequest, parsed: ParsedWebhook, call: CallSnapshot | None
+    ) -> WebhookReply:
+        """The HTTP answer to a webhook after its events were applied (default: parsed.reply or OK)."""
+        return parsed.reply or WebhookReply()
+
+    def rejected_reply(self, request: WebhookRequest) -> WebhookReply:
+        """The answer to a webhook of an inbound call that policy rejected."""
+        return WebhookReply()
+
+    # --- commands (called from Celery tasks / services, never on the webhook hot path) -----------
+    def initiate_call(self, request: OutboundCallRequest) -> PlacedCall:
+        raise NotImplementedError
+
+    def hangup_call(self, call: CallSnapshot) -> None:
+        raise NotImplementedError
+
+    def answer_call(self, call: CallSnapshot) -> None:
+        return None
+
+    def play_tts(self, call: CallSnapshot, text: str, *, listen_after: bool, turn_token: str | None) -> None:
+        raise NotImplementedError
+
+    def start_listening(self, call: CallSnapshot, *, turn_token: str | None) -> None:
+        raise NotImplementedError
+
+    def stop_listening(self, call: CallSnapshot) -> None:
+        return None
+
+    def send_dtmf(self, call: CallSnapshot, digits: str) -> None:
+        raise ProviderError(f"{self.name} does not support outbound DTMF")
+
+    def get_call_status(self, provider_call_id: str) -> ProviderCallStatus:
+        return ProviderCallStatus(status="unknown", is_terminal=False, is_unknown=True)
+
+    def reject_inbound(self, provider_call_id: str) -> None:
+        """Hang up an inbound call that policy rejected (no call record exists)."""
+        raise NotImplementedError

@@ -1,0 +1,134 @@
+"""Shared fixtures: config overrides, eager Celery for in-process tests, real servers for the rest."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from calls.config import VoiceCallConfig, config_from_dict, set_config
+from voicecall_site.celery import app as celery_app
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_config() -> Iterator[None]:
+    """Each test starts from the mock provider with no scripted callee (tests drive events)."""
+    set_config(config_from_dict({"provider": "mock", "mock": {"autoAnswer": False}}, env={}))
+    yield
+    set_config(None)
+
+
+@pytest.fixture(autouse=True)
+def _eager_celery(request) -> Iterator[None]:
+    """In-process tests run tasks inline; tests marked ``real_worker`` talk to a real worker."""
+    eager = "real_worker" not in request.keywords
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = eager
+    yield
+    celery_app.conf.task_always_eager = previous
+
+
+@pytest.fixture
+def configure() -> Callable[..., VoiceCallConfig]:
+    """``configure({...})`` installs a voice-call config (inner form, camelCase) for this test."""
+
+    def _configure(data: dict | None = None, **kwargs) -> VoiceCallConfig:
+        document = {"provider": "mock", "mock": {"autoAnswer": False}}
+        document.update(data or {})
+        document.update(kwargs)
+        config = config_from_dict(document, env={})
+        set_config(config)
+        return config
+
+    return _configure
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+def child_env(config_path: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a child process (daphne, Celery worker, CLI) that shares the test database."""
+    db = settings.DATABASES["default"]
+    env = {**os.environ, "VOICECALL_CONFIG": str(config_path), "PYTHONPATH": str(REPO)}
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
+    else:
+        env["DATABASE_URL"] = (
+            f"postgres://{db.get('USER') or ''}{':' + db['PASSWORD'] if db.get('PASSWORD') else ''}"
+            f"@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+        )
+    env.update(extra or {})
+    return env
+
+
+def write_config(tmp_path: Path, document: dict) -> Path:
+    path = tmp_path / "voicecall.json5"
+    path.write_text(json.dumps(document))
+    return path
+
+
+class RunningServer:
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path):
+        self.proc, self.port, self.log = proc, port, log
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def start_daphne(tmp_path) -> Iterator[Callable[..., RunningServer]]:
+    """Start a real daphne server on a free port with the given voice-call config document."""
+    servers: list[RunningServer] = []
+
+    def _start(document: dict, *, port: int | None = None, extra_env: dict[str, str] | None = None) -> RunningServer:
+        port = port or free_port()
+        document = {**document, "serve": {**document.get("serve", {}), "port": port}}
+        config_path = write_config(tmp_path, document)
+        log = tmp_path / f"daphne-{port}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "voicecall_site.asgi:application"],
+            cwd=REPO, env=child_env(config_path, extra_env), stdout=log.open("w"), stderr=subprocess.STDOUT,
+        )
+        server = RunningServer(proc, port, log)
+        servers.append(server)
+        wait_for_port(port, proc=proc)
+        return server
+
+    yield _start
+    for server in servers:
+        server.stop()

@@ -1,0 +1,19 @@
+"""URLs. The webhook path comes from the voice-call config (``serve.path``) and is matched exactly."""
+
+from django.contrib import admin
+from django.urls import path
+
+from calls import views, webhooks
+from calls.config import ConfigError, get_config
+
+try:
+    _webhook_path = get_config().serve.path
+except ConfigError:
+    _webhook_path = "/voice/webhook"
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path(_webhook_path.strip("/"), webhooks.carrier_webhook, name="carrier-webhook"),
+    path("healthz", views.healthz, name="healthz"),
+    path("", views.home, name="home"),
+]
