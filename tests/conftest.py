@@ -75,7 +75,13 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | Non
 def child_env(config_path: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for a child process (daphne, Celery worker, CLI) that shares the test database."""
     db = settings.DATABASES["default"]
-    env = {**os.environ, "VOICECALL_CONFIG": str(config_path), "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "VOICECALL_CONFIG": str(config_path),
+        "PYTHONPATH": str(REPO),
+        # Children of one test share a var/ of their own (filesystem broker, secret key), not the repo's.
+        "VOICECALL_VAR_DIR": str(config_path.parent / "var"),
+    }
     if db["ENGINE"] == "django.db.backends.sqlite3":
         env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
     else:
@@ -132,3 +138,49 @@ def start_daphne(tmp_path) -> Iterator[Callable[..., RunningServer]]:
     yield _start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def start_worker(tmp_path) -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start a real Celery worker (Redis broker when REDIS_URL is set, else the filesystem broker)."""
+    workers: list[subprocess.Popen] = []
+
+    def _start(config_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = tmp_path / f"worker-{len(workers)}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "voicecall_site", "worker", "--loglevel=INFO", "--pool=threads",
+             "--concurrency=4", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=REPO, env=child_env(config_path, extra_env), stdout=log.open("w"), stderr=subprocess.STDOUT,
+        )
+        workers.append(proc)
+        return proc
+
+    yield _start
+    for proc in workers:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def run_cli(config_path: Path, *args: str, extra_env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+    """``manage.py voicecall ...`` in a child process, the way a user runs it."""
+    return subprocess.run(
+        [sys.executable, "manage.py", "voicecall", *args], cwd=REPO, env=child_env(config_path, extra_env),
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.1):
+    """Poll until ``predicate()`` is truthy (bounded); returns its value or fails the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(interval)

@@ -1,0 +1,68 @@
+"""Django admin: the ledger is visible and the actions go through services."""
+
+import pytest
+from django.urls import reverse
+
+from calls.models import AllowedCaller, Call
+from tests.factories import AnsweredCallFactory, CallFactory, TranscriptEntryFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff(admin_client):
+    return admin_client
+
+
+def test_call_list_filters_and_search(staff):
+    ringing = CallFactory(state="ringing", to_number="+15558880000", provider_call_id="CAabc")
+    CallFactory(state="completed", to_number="+15557770000")
+    url = reverse("admin:calls_call_changelist")
+    page = staff.get(url, {"state": "ringing"})
+    assert page.status_code == 200
+    assert str(ringing.id) in page.content.decode() and "+15557770000" not in page.content.decode()
+    found = staff.get(url, {"q": "CAabc"}).content.decode()
+    assert str(ringing.id) in found and "+15557770000" not in found
+    for params in ({"direction__exact": "outbound"}, {"provider__exact": "mock"}, {"duration": "lt30"}):
+        assert staff.get(url, params).status_code == 200
+
+
+def test_call_page_shows_transcript_and_events(staff):
+    call = AnsweredCallFactory()
+    TranscriptEntryFactory(call=call, speaker="user", text="see you at noon")
+    page = staff.get(reverse("admin:calls_call_change", args=[call.id])).content.decode()
+    assert "see you at noon" in page
+
+
+def test_end_call_action_hangs_up_through_services(staff):
+    call = AnsweredCallFactory()
+    staff.post(reverse("admin:calls_call_changelist"), {"action": "end_calls", "_selected_action": [call.pk]})
+    call.refresh_from_db()
+    assert call.state == "hangup-bot"
+
+
+def test_speak_action_asks_for_text_then_speaks(staff):
+    call = AnsweredCallFactory()
+    url = reverse("admin:calls_call_changelist")
+    form = staff.post(url, {"action": "speak_to_calls", "_selected_action": [call.pk]})
+    assert form.status_code == 200 and b"Speak" in form.content
+    staff.post(url, {"action": "speak_to_calls", "_selected_action": [call.pk], "apply": "1",
+                     "message": "One moment please"})
+    assert list(call.transcript.values_list("text", flat=True)) == ["One moment please"]
+
+
+def test_speak_action_on_an_ended_call_reports_the_error(staff):
+    call = CallFactory(state="completed", provider_call_id="mock-done")
+    response = staff.post(reverse("admin:calls_call_changelist"), {
+        "action": "speak_to_calls", "_selected_action": [call.pk], "apply": "1", "message": "hi"}, follow=True)
+    assert "Call has ended" in response.content.decode()
+    assert not Call.objects.get(id=call.id).transcript.exists()
+
+
+def test_allowed_callers_are_editable(staff):
+    response = staff.post(reverse("admin:calls_allowedcaller_add"), {"number": "+15551230000", "label": "Mum",
+                                                                    "enabled": "on"})
+    assert response.status_code == 302
+    assert AllowedCaller.objects.get().label == "Mum"
+    bad = staff.post(reverse("admin:calls_allowedcaller_add"), {"number": "12345", "label": "x"})
+    assert bad.status_code == 200 and AllowedCaller.objects.count() == 1
