@@ -565,6 +565,7 @@ def _apply_speech(provider: Provider, call: Call, event: NormalizedEvent, outcom
     )
     outcome.user_transcript = text
     outcome.consumed_by_turn = bool(token)
+    call.metadata = {**(call.metadata or {}), "userTurns": int((call.metadata or {}).get("userTurns", 0)) + 1}
     if token:
         call.pending_turn_token = ""
         call.pending_turn_started_at = None

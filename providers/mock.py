@@ -156,7 +156,7 @@ class MockProvider(Provider):
         callee = self.config.mock
         if not callee.auto_answer or call.direction != "outbound":
             return
-        turn = int(call.metadata.get("turnCount", 0) or 0)
+        turn = int(call.metadata.get("userTurns", 0) or 0)  # how many lines the callee has said
         if turn >= len(callee.replies):
             event = {"type": "call.ended", "callId": call.call_id, "reason": "hangup-user"}
         else:

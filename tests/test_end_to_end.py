@@ -43,7 +43,7 @@ def test_notify_and_conversation_calls_through_cli_worker_and_daphne(tmp_path, s
     wait_until(lambda: TranscriptEntry.objects.filter(call_id=call_id, speaker="user").exists())
     turn = run_cli(config_path, "continue", "--call-id", call_id, "--message", "Does five work?", "--json")
     assert turn.returncode == 0, turn.stderr
-    assert json.loads(turn.stdout) == {"success": True, "transcript": "Yes, that works for me."}
+    assert json.loads(turn.stdout) == {"success": True, "transcript": "Thanks, that is all."}
     call = Call.objects.get(id=call_id)
     assert call.metadata["turnCount"] == 1 and isinstance(call.metadata["lastTurnLatencyMs"], int)
     assert run_cli(config_path, "end", "--call-id", call_id, "--json").returncode == 0
