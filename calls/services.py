@@ -73,6 +73,7 @@ DTMF_DIGITS = re.compile(r"^[0-9*#wWpP,]+$")
 # its own TwiML hangs up. An operator's or agent's explicit end is "hangup-bot".
 NOTIFY_END_REASON = CallState.COMPLETED.value
 RECEIPT_RETENTION = timedelta(hours=24)
+END_REQUESTED_KEY = "endRequested"  # metadata: the reason of a hang-up we asked the carrier for
 
 
 class ServiceError(Exception):
@@ -443,7 +444,7 @@ def _register_unknown_call(provider: Provider, event: NormalizedEvent, outcome: 
         return None
 
     inbound = event.direction == Direction.INBOUND
-    route = (config.numbers or {}).get(event.to_number or "") if inbound else None
+    route = config.number_route(event.to_number or "") if inbound else None
     greeting = ((route.inbound_greeting if route else None) or config.inbound_greeting or DEFAULT_INBOUND_GREETING)
     try:
         with transaction.atomic():
@@ -537,7 +538,9 @@ def _apply_to_call(
     elif kind == EventType.SPEECH:
         _apply_speech(provider, call, event, outcome)
     elif kind == EventType.ENDED:
-        _finalize(call, event.reason or CallState.COMPLETED.value)
+        # A hang-up we requested ends with our reason, whichever of us finalizes first (end_call).
+        requested = (call.metadata or {}).get(END_REQUESTED_KEY)
+        _finalize(call, requested or event.reason or CallState.COMPLETED.value)
     elif kind == EventType.ERROR:
         if not event.retryable:
             _finalize(call, CallState.ERROR.value, error=event.error or "unknown error")
@@ -560,12 +563,14 @@ def _apply_speech(provider: Provider, call: Call, event: NormalizedEvent, outcom
     latency_ms = None
     if token and call.pending_turn_started_at:
         latency_ms = int((timezone.now() - call.pending_turn_started_at).total_seconds() * 1000)
-    TranscriptEntry.objects.create(
+    entry = TranscriptEntry.objects.create(
         call=call, speaker=Speaker.USER, text=text, is_final=True, turn_token=token, latency_ms=latency_ms
     )
     outcome.user_transcript = text
     outcome.consumed_by_turn = bool(token)
     call.metadata = {**(call.metadata or {}), "userTurns": int((call.metadata or {}).get("userTurns", 0)) + 1}
+    if not token:
+        _queue_auto_reply(provider.config, call, entry)
     if token:
         call.pending_turn_token = ""
         call.pending_turn_started_at = None
@@ -616,8 +621,6 @@ def process_webhook(provider: Provider, request, request_key: str) -> WebhookRes
         receipt.content_type = reply.content_type
         receipt.body = reply.body
         receipt.save(update_fields=["status_code", "content_type", "body"])
-    for outcome in outcomes:
-        _after_user_speech(outcome)
     return WebhookResult(reply, outcomes=outcomes)
 
 
@@ -633,23 +636,6 @@ def _record_reply_speech(call: Call, reply: WebhookReply) -> None:
         call.initial_message_delivered = True
     _transition(call, CallState.LISTENING.value if reply.listens else CallState.SPEAKING.value)
     call.save()
-
-
-def _after_user_speech(outcome: EventOutcome) -> None:
-    """Hook for the auto-responder: a final caller utterance that no ``continue`` was waiting for."""
-    if outcome.user_transcript and not outcome.consumed_by_turn and not outcome.duplicate and outcome.call:
-        handler = _user_speech_handlers
-        for fn in handler:
-            fn(outcome.call, outcome.user_transcript)
-
-
-_user_speech_handlers: list = []
-
-
-def register_user_speech_handler(fn) -> None:
-    """Subscribe to caller utterances nobody was waiting for (the auto-responder uses this)."""
-    if fn not in _user_speech_handlers:
-        _user_speech_handlers.append(fn)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -824,6 +810,113 @@ def send_dtmf(call_id: str, digits: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# The auto-responder (fact sheet §7.3)
+# ------------------------------------------------------------------------------------------------
+
+
+def responder_settings(config: VoiceCallConfig, call: Call) -> dict[str, Any] | None:
+    """Model, prompt and timeout for this call, or None when no auto-responder is configured.
+
+    The responder answers inbound callers and outbound conversation calls, and only when a
+    ``responseModel`` is configured (globally or on the dialed number's route): without a model
+    there is nobody to answer, and a caller should not hear an error fallback on every turn.
+    """
+    if call.direction != Direction.INBOUND and call.mode != Mode.CONVERSATION:
+        return None
+    route = config.number_route(call.to_number) if call.direction == Direction.INBOUND else None
+    model = (route.response_model if route else None) or config.response_model
+    if not model:
+        return None
+    return {
+        "model": model,
+        "system_prompt": (route.response_system_prompt if route else None) or config.response_system_prompt,
+        "timeout_ms": (route.response_timeout_ms if route else None) or config.response_timeout_ms,
+    }
+
+
+def _queue_auto_reply(config: VoiceCallConfig, call: Call, entry: TranscriptEntry) -> None:
+    if responder_settings(config, call) is None:
+        return
+    from calls import tasks
+
+    call_id, entry_id = str(call.id), entry.id
+    transaction.on_commit(lambda: tasks.generate_reply.delay(call_id, entry_id))
+
+
+def _newest_user_entry_id(call_id: str) -> int | None:
+    return (
+        TranscriptEntry.objects.filter(call_id=call_id, speaker=Speaker.USER, is_final=True)
+        .order_by("-id")
+        .values_list("id", flat=True)
+        .first()
+    )
+
+
+def generate_reply(call_id: str, user_entry_id: int) -> str | None:
+    """Answer one caller utterance with the model and speak it; returns what was spoken.
+
+    A newer caller utterance supersedes this one: the reply is dropped if, when it is ready, the
+    utterance it answers is no longer the newest (only the newest reply is spoken). A model timeout
+    or error speaks the configured short fallback and keeps the call going; the error is kept on the
+    call (``last_error`` and ``metadata.lastResponderError``) so admin shows it.
+    """
+    from providers.llm import ChatResponder, ResponderError, Turn, build_messages, extract_spoken
+
+    config = get_config()
+    call = find_call(call_id)
+    if call is None or call.is_terminal:
+        return None
+    settings_ = responder_settings(config, call)
+    entry = TranscriptEntry.objects.filter(id=user_entry_id, call_id=call.id).first()
+    if settings_ is None or entry is None or _newest_user_entry_id(call_id) != user_entry_id:
+        return None
+    history = [Turn(e.speaker, e.text) for e in call.transcript.filter(id__lt=user_entry_id, is_final=True)]
+    responder = ChatResponder(base_url=config.responder.base_url, api_key=config.responder.api_key,
+                              model=settings_["model"], timeout_ms=settings_["timeout_ms"])
+    messages = build_messages(history=history, utterance=entry.text, caller=call.from_number
+                              if call.direction == Direction.INBOUND else call.to_number,
+                              system_prompt=settings_["system_prompt"])
+    started = time.monotonic()
+    error = None
+    try:
+        spoken = extract_spoken(responder.reply(messages))
+    except ResponderError as exc:
+        error = str(exc)
+        spoken = config.responder.fallback_message
+    llm_ms = int((time.monotonic() - started) * 1000)
+    if _newest_user_entry_id(call_id) != user_entry_id:
+        logger.info("reply for call %s dropped: the caller spoke again", call_id)
+        return None
+    if error:
+        with transaction.atomic():
+            locked = Call.objects.select_for_update().get(id=call.id)
+            locked.last_error = f"auto-responder: {error}"[:2000]
+            locked.metadata = {**locked.metadata, "lastResponderError": error}
+            locked.save(update_fields=["last_error", "metadata", "updated_at"])
+        logger.warning("auto-responder for call %s failed: %s", call_id, error)
+    if not spoken:
+        return None
+    call.refresh_from_db()
+    if call.is_terminal:
+        return None
+    _speak_now(call, spoken, listen_after=True, turn_token=None)
+    total_ms = int((timezone.now() - entry.timestamp).total_seconds() * 1000)
+    with transaction.atomic():
+        locked = Call.objects.select_for_update().get(id=call.id)
+        bot_entry = locked.transcript.filter(speaker=Speaker.BOT).order_by("-id").first()
+        if bot_entry is not None:
+            bot_entry.latency_ms = total_ms
+            bot_entry.save(update_fields=["latency_ms"])
+        metadata = dict(locked.metadata or {})
+        replies = metadata.get("replyLatencies", [])[-49:]
+        replies.append({"llmMs": llm_ms, "totalMs": total_ms, "fallback": bool(error)})
+        metadata["replyLatencies"] = replies
+        locked.metadata = metadata
+        locked.save(update_fields=["metadata", "updated_at"])
+    return spoken
+
+
+# ------------------------------------------------------------------------------------------------
 # Ending calls
 # ------------------------------------------------------------------------------------------------
 
@@ -851,12 +944,28 @@ def end_call(call_id: str, *, reason: str = CallState.HANGUP_BOT.value) -> None:
                 _finalize(locked, reason)
                 return
         raise ServiceError(CALL_NOT_CONNECTED)
+    # The carrier's own hang-up report (Telnyx call.hangup, a Twilio status callback) can land before
+    # the request below returns; recording the reason first lets that report end the call with it.
+    _set_end_requested(str(call.id), reason)
     error = _safe_hangup(get_provider(config), snapshot(call, config))
     if error:
+        _set_end_requested(str(call.id), None)
         raise ServiceError(error)
     with transaction.atomic():
         locked = Call.objects.select_for_update().get(id=call.id)
         _finalize(locked, reason)
+
+
+def _set_end_requested(call_id: str, reason: str | None) -> None:
+    with transaction.atomic():
+        locked = Call.objects.select_for_update().get(id=call_id)
+        metadata = dict(locked.metadata or {})
+        if reason:
+            metadata[END_REQUESTED_KEY] = reason
+        else:
+            metadata.pop(END_REQUESTED_KEY, None)
+        locked.metadata = metadata
+        locked.save(update_fields=["metadata", "updated_at"])
 
 
 def hang_up_after_notify(call_id: str) -> None:
@@ -993,14 +1102,25 @@ def _summary(values: list[int]) -> dict[str, Any]:
 def latency_report(last: int = 200) -> dict[str, Any]:
     """Turn latency over the newest ``last`` calls (fact sheet §9.3 ``latency``)."""
     calls = list(Call.objects.order_by("-started_at")[: max(1, last)])
-    turn, listen = [], []
+    turn, listen, reply_llm, reply_total = [], [], [], []
     for call in calls:
         md = call.metadata or {}
+        for reply in md.get("replyLatencies", []) if isinstance(md.get("replyLatencies"), list) else []:
+            if isinstance(reply, dict) and isinstance(reply.get("totalMs"), int):
+                reply_total.append(reply["totalMs"])
+                reply_llm.append(int(reply.get("llmMs") or 0))
         if isinstance(md.get("lastTurnLatencyMs"), int):
             turn.append(md["lastTurnLatencyMs"])
         if isinstance(md.get("lastTurnListenWaitMs"), int):
             listen.append(md["lastTurnListenWaitMs"])
-    return {"recordsScanned": len(calls), "turnLatency": _summary(turn), "listenWait": _summary(listen)}
+    return {
+        "recordsScanned": len(calls),
+        "turnLatency": _summary(turn),
+        "listenWait": _summary(listen),
+        # auto-responder turns: caller's final words → reply text (model) and → reply handed to the carrier
+        "replyModel": _summary(reply_llm),
+        "replyTotal": _summary(reply_total),
+    }
 
 
 def live_states() -> list[str]:

@@ -69,3 +69,11 @@ def answer_inbound_call(call_id: str) -> None:
 @shared_task
 def reap_stale_calls() -> dict:
     return services.reap_stale_calls()
+
+
+@shared_task
+def generate_reply(call_id: str, user_entry_id: int) -> None:
+    try:
+        services.generate_reply(call_id, user_entry_id)
+    except services.ServiceError as exc:
+        logger.warning("auto-reply on call %s not spoken: %s", call_id, exc)

@@ -74,7 +74,7 @@ def test_speak_dtmf_end_shapes():
 
 def test_errors_are_one_clear_line():
     call = CallFactory(state="completed", provider_call_id="mock-x")
-    with pytest.raises(CommandError, match="^Call has ended$"):
+    with pytest.raises(CommandError, match=r"^Call has ended$"):
         cli("speak", "--call-id", str(call.id), "--message", "Hi")
     with pytest.raises(CommandError, match="digits may only contain"):
         cli("dtmf", "--call-id", str(AnsweredCallFactory().id), "--digits", "abc")
@@ -83,7 +83,8 @@ def test_errors_are_one_clear_line():
 def test_latency_shape():
     AnsweredCallFactory(metadata={"lastTurnLatencyMs": 900, "lastTurnListenWaitMs": 700})
     report = json.loads(cli("latency", "--json"))
-    assert set(report) == {"recordsScanned", "turnLatency", "listenWait"}
+    # the OpenClaw shape, plus the auto-responder turns (caller final → reply text → reply handed over)
+    assert set(report) == {"recordsScanned", "turnLatency", "listenWait", "replyModel", "replyTotal"}
     assert report["turnLatency"]["p50Ms"] == 900 and report["listenWait"]["p95Ms"] == 700
     assert "p50 900 ms" in cli("latency")
 
