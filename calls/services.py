@@ -1059,6 +1059,58 @@ def reap_stale_calls() -> dict[str, int]:
     return reaped
 
 
+def restore_calls() -> dict[str, int]:
+    """After a restart, re-check every live call with its carrier (fact sheet §2.7).
+
+    Calls past ``maxDurationSeconds`` are timed out (and hung up, errors ignored); calls the carrier
+    reports ended are closed with its reason; calls the carrier still has, or cannot tell us about,
+    stay live (the reaper and max-duration timer look after them). A call whose dial began but whose
+    carrier id was never stored is failed, never redialed. Nothing is lost from the ledger: events
+    and transcripts are already in the database.
+    """
+    config = get_config()
+    provider = get_provider(config)
+    now = timezone.now()
+    summary = {"checked": 0, "resumed": 0, "timedOut": 0, "closed": 0, "failed": 0}
+    for call in Call.objects.live():
+        summary["checked"] += 1
+        call_id = str(call.id)
+        if not call.provider_call_id:
+            if call.metadata.get("dialClaimedAt"):
+                fail_call(call_id, PLACEMENT_INTERRUPTED)
+                summary["failed"] += 1
+            else:
+                summary["resumed"] += 1  # still queued: place_call is idempotent
+            continue
+        if now - call.started_at > timedelta(seconds=config.max_duration_seconds):
+            _safe_hangup(provider, snapshot(call, config))
+            with transaction.atomic():
+                locked = Call.objects.select_for_update().get(id=call.id)
+                _finalize(locked, CallState.TIMEOUT.value)
+            summary["timedOut"] += 1
+            continue
+        try:
+            status = provider.get_call_status(call.provider_call_id)
+        except ProviderError as exc:
+            logger.info("restore: status of call %s unknown (%s); keeping it", call_id, exc)
+            summary["resumed"] += 1
+            continue
+        if status.is_terminal:
+            with transaction.atomic():
+                locked = Call.objects.select_for_update().get(id=call.id)
+                _finalize(locked, status.end_reason or CallState.COMPLETED.value)
+            summary["closed"] += 1
+        else:
+            summary["resumed"] += 1
+            if call.answered_at:
+                from calls import tasks
+
+                remaining = config.max_duration_seconds - (now - call.answered_at).total_seconds()
+                tasks.enforce_max_duration.apply_async((call_id,), countdown=max(0, int(remaining) + 1))
+    logger.info("restore: %s", summary)
+    return summary
+
+
 # ------------------------------------------------------------------------------------------------
 # Status and reports
 # ------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import factory
+from django.utils import timezone
 
 from calls.models import AllowedCaller, Call, TranscriptEntry
 
@@ -25,7 +26,7 @@ class AnsweredCallFactory(CallFactory):
     mode = "conversation"
     provider_call_id = factory.Sequence(lambda n: f"mock-call-{n}")
     initial_message_delivered = True
-    answered_at = factory.Faker("past_datetime", tzinfo=__import__("datetime").UTC)
+    answered_at = factory.LazyFunction(timezone.now)
 
 
 class TranscriptEntryFactory(factory.django.DjangoModelFactory):
