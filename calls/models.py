@@ -189,3 +189,33 @@ class AllowedCaller(models.Model):
 
         if not re.fullmatch(r"\+[1-9]\d{1,14}", self.number or ""):
             raise ValidationError({"number": "must be an E.164 number like +15551234567"})
+
+
+class ContinueOperation(models.Model):
+    """A ``voicecall.continue.start`` turn run in the background and polled with
+    ``voicecall.continue.result`` (fact sheet §9.2, later form). Stored in the database so any server
+    process can answer the poll; a finished result is handed out once and then deleted, and every
+    finished operation is deleted five minutes after completion (``calls/continue_operations.py``)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        COMPLETED = "completed", "completed"
+        FAILED = "failed", "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    call_ref = models.CharField(max_length=128, help_text="call id as given (ours or the carrier's)")
+    message = models.TextField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    transcript = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    poll_timeout_ms = models.IntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    # A pending operation still pending after this was lost (its server process stopped).
+    deadline_at = models.DateTimeField()
+    completed_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"continue {self.call_ref} ({self.status})"

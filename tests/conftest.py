@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def _isolated_config() -> Iterator[None]:
     """Each test starts from the mock provider with no scripted callee (tests drive events)."""
-    set_config(config_from_dict({"provider": "mock", "mock": {"autoAnswer": False}}, env={}))
+    # A free port, not the default 3334: the CLI talks to a running server there when one answers.
+    set_config(config_from_dict({"provider": "mock", "mock": {"autoAnswer": False},
+                                 "serve": {"port": free_port()}}, env={}))
     yield
     set_config(None)
 
@@ -44,7 +46,7 @@ def configure() -> Callable[..., VoiceCallConfig]:
     """``configure({...})`` installs a voice-call config (inner form, camelCase) for this test."""
 
     def _configure(data: dict | None = None, **kwargs) -> VoiceCallConfig:
-        document = {"provider": "mock", "mock": {"autoAnswer": False}}
+        document = {"provider": "mock", "mock": {"autoAnswer": False}, "serve": {"port": free_port()}}
         document.update(data or {})
         document.update(kwargs)
         config = config_from_dict(document, env={})

@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.urls import path
 
-from calls import views, webhooks
+from calls import health, rpc, tool, views, webhooks
 from calls.config import ConfigError, get_config
 
 try:
@@ -15,5 +15,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path(_webhook_path.strip("/"), webhooks.carrier_webhook, name="carrier-webhook"),
     path("healthz", views.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("rpc", rpc.rpc_endpoint, name="rpc"),
+    path("tools/voice_call", tool.voice_call_endpoint, name="tool-voice-call"),
+    path("tools/voice_call/schema", tool.voice_call_schema, name="tool-voice-call-schema"),
     path("", views.home, name="home"),
 ]

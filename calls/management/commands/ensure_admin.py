@@ -39,3 +39,17 @@ class Command(BaseCommand):
         else:
             self.stdout.write(f"Admin user '{username}' exists; reset its password with: "
                               f"python manage.py changepassword {username}")
+        self.stdout.write(self._rpc_token_line())
+
+    @staticmethod
+    def _rpc_token_line() -> str:
+        """Where the bearer token for /rpc and /tools/voice_call is (generated once if needed)."""
+        from calls.config import ConfigError
+        from calls.rpc_auth import token_source
+
+        try:
+            source = token_source()
+        except ConfigError:
+            return "RPC token: not available until the voice-call config is valid (voicecall setup)."
+        return (f"RPC token (for /rpc and /tools/voice_call, header 'Authorization: Bearer <token>'): "
+                f"{source}")

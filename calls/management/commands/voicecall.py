@@ -2,6 +2,10 @@
 
 Every command takes ``--json`` and then prints exactly the JSON shapes of the OpenClaw CLI
 (fact sheet §9.3); without it, readable text. Errors exit non-zero with one line on stderr.
+
+Live-call commands (call, start, continue, speak, dtmf, end) are sent to the running server over
+JSON-RPC (``calls/rpc_client.py``) and run here directly only when no server is listening; status,
+tail, latency, setup, tool-schema and expose always run here.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ def _positive_int(value: str) -> int:
 
 
 class Command(BaseCommand):
-    help = "Place, steer and inspect voice calls (call, start, continue, speak, dtmf, end, status, tail, latency, setup, serve)."
+    help = ("Place, steer and inspect voice calls (call, start, continue, speak, dtmf, end, status, tail, latency, "
+            "setup, serve, expose, tool-schema).")
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
@@ -69,12 +74,18 @@ class Command(BaseCommand):
         add("setup", "check config, credentials and webhook exposure")
         p = add("serve", "run the server (daphne) with a Celery worker and beat")
         p.add_argument("--no-worker", action="store_true", help="do not start the Celery worker and beat")
+        add("tool-schema", "print the voice_call agent tool's JSON schema (OpenAI function format)")
+        p = add("expose", "route the webhook through Tailscale serve/funnel (or remove the route)")
+        p.add_argument("--mode", choices=["off", "serve", "funnel"], default="funnel")
+        p.add_argument("--path", default=None, help="public path (default tailscale.path)")
+        p.add_argument("--port", type=_positive_int, default=None, help="local port (default serve.port)")
+        p.add_argument("--serve-path", default=None, help="local webhook path (default serve.path)")
 
     # ------------------------------------------------------------------------------------------
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"]
         as_json = options.get("json", False)
-        handler = getattr(self, f"do_{action}")
+        handler = getattr(self, f"do_{action.replace('-', '_')}")
         try:
             if action != "setup":
                 get_config()
@@ -95,6 +106,22 @@ class Command(BaseCommand):
         payload, text = result
         self.stdout.write(json.dumps(payload, indent=2) if as_json else text)
 
+    def _live(self, method: str, params: dict[str, Any], direct, *, timeout: float | None = None) -> Any:
+        """Run ``method`` on the running server; ``direct()`` here only when none is listening."""
+        from calls.rpc_client import RpcClient, RpcError, ServerUnreachable
+
+        config = get_config()
+        client = RpcClient.for_config(config)
+        try:
+            if method == "voicecall.continue":
+                return client.continue_call(params["callId"], params["message"],
+                                            transcript_timeout_ms=config.transcript_timeout_ms)
+            return client.call(method, params, timeout=timeout or 30.0)
+        except ServerUnreachable:
+            return direct()
+        except RpcError as exc:
+            raise services.ServiceError(str(exc)) from exc
+
     # ------------------------------------------------------------------------------------------
     def do_call(self, options) -> tuple[dict, str]:
         config = get_config()
@@ -103,8 +130,17 @@ class Command(BaseCommand):
         message = options["message"]
         if not message and options["action"] == "call":
             raise services.ServiceError(services.MESSAGE_REQUIRED)
-        call = services.initiate_call(to=options["to"], message=message, mode=options["mode"])
-        return {"callId": str(call.id)}, f"Call {call.id} queued to {call.to_number} ({call.mode})."
+        from calls.rpc_client import RpcClient
+
+        method = "voicecall.initiate" if options["action"] == "call" else "voicecall.start"
+        result = self._live(
+            method, {"to": options["to"], "message": message, "mode": options["mode"]},
+            lambda: {"callId": str(services.initiate_call(to=options["to"], message=message,
+                                                          mode=options["mode"]).id)},
+            timeout=RpcClient.initiate_timeout(config),
+        )
+        to = options["to"] or config.to_number
+        return {"callId": result["callId"]}, f"Call {result['callId']} queued to {to} ({options['mode']})."
 
     def do_start(self, options) -> tuple[dict, str]:
         if not options["to"]:
@@ -112,19 +148,23 @@ class Command(BaseCommand):
         return self.do_call(options)
 
     def do_continue(self, options) -> tuple[dict, str]:
-        transcript = services.continue_call(options["call_id"], options["message"])
-        return {"success": True, "transcript": transcript}, f"Caller: {transcript}"
+        params = {"callId": options["call_id"], "message": options["message"]}
+        result = self._live("voicecall.continue", params, lambda: {
+            "success": True, "transcript": services.continue_call(options["call_id"], options["message"])})
+        return {"success": True, "transcript": result["transcript"]}, f"Caller: {result['transcript']}"
 
     def do_speak(self, options) -> tuple[dict, str]:
-        services.speak(options["call_id"], options["message"])
+        self._live("voicecall.speak", {"callId": options["call_id"], "message": options["message"]},
+                   lambda: services.speak(options["call_id"], options["message"]))
         return {"success": True}, "Spoken."
 
     def do_dtmf(self, options) -> tuple[dict, str]:
-        services.send_dtmf(options["call_id"], options["digits"])
+        self._live("voicecall.dtmf", {"callId": options["call_id"], "digits": options["digits"]},
+                   lambda: services.send_dtmf(options["call_id"], options["digits"]))
         return {"success": True}, "Digits sent."
 
     def do_end(self, options) -> tuple[dict, str]:
-        services.end_call(options["call_id"])
+        self._live("voicecall.end", {"callId": options["call_id"]}, lambda: services.end_call(options["call_id"]))
         return {"success": True}, "Call ended."
 
     def do_status(self, options) -> tuple[dict, str]:
@@ -179,10 +219,14 @@ class Command(BaseCommand):
         return None
 
     def do_serve(self, options) -> None:
+        from calls.health import drain_flag
+
         config = get_config()
+        env = {**os.environ}
+        exposure = self._start_exposure(config, env)
+        drain_flag().unlink(missing_ok=True)  # a previous run's flag must not keep this one unready
         children: list[subprocess.Popen] = []
         base = [sys.executable, "-m", "celery", "-A", "voicecall_site"]
-        env = {**os.environ}
         if not options["no_worker"]:
             children.append(subprocess.Popen([*base, "worker", "--loglevel=INFO", "--pool=threads",
                                               "--concurrency=4", "--without-gossip", "--without-mingle"], env=env))
@@ -192,9 +236,12 @@ class Command(BaseCommand):
                                    str(config.serve.port), "voicecall_site.asgi:application"], env=env)
         children.append(daphne)
         self.stdout.write(f"Voicecall listening on http://{config.serve.bind}:{config.serve.port} "
-                          f"(webhook {config.serve.path}, provider {config.provider})")
+                          f"(webhook {config.serve.path}, provider {config.provider}; "
+                          f"carrier webhooks to {exposure.webhook_url} via {exposure.source})")
+        self.stdout.flush()
 
         def stop(*_):
+            drain_flag().touch()  # /readyz answers 503 from now on
             for child in children:
                 if child.poll() is None:
                     child.terminate()
@@ -211,4 +258,47 @@ class Command(BaseCommand):
                     child.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     child.kill()
+            exposure.stop()
+            drain_flag().unlink(missing_ok=True)
         return None
+
+    def _start_exposure(self, config, env: dict[str, str]):
+        """Public URL / tunnel for ``serve`` (fact sheet §4.6). Children get the tunnel URL as publicUrl."""
+        from calls import exposure as exposure_module
+        from calls.config import CONFIG_ENV_VAR, DEFAULT_CONFIG_FILENAME, load_config, set_config
+
+        exposure = exposure_module.start_exposure(config)
+        if exposure.error:
+            self.stderr.write(f"warning: webhook tunnel not started: {exposure.error}")
+        reason = exposure_module.refusal_reason(config, exposure)
+        if reason:
+            exposure.stop()
+            raise CommandError(reason)
+        if exposure.is_tunnel:
+            source = os.environ.get(CONFIG_ENV_VAR, "").strip() or (
+                DEFAULT_CONFIG_FILENAME if Path(DEFAULT_CONFIG_FILENAME).is_file() else "")
+            target = exposure_module.write_exposed_config(
+                Path(source) if source else None, exposure.webhook_url,
+                Path(settings.VAR_DIR) / "voicecall.exposed.json")
+            set_config(load_config(target))
+            env[CONFIG_ENV_VAR] = str(target)
+        return exposure
+
+    def do_tool_schema(self, options) -> tuple[dict, str]:
+        from calls.tool import TOOL_SCHEMA
+
+        return TOOL_SCHEMA, json.dumps(TOOL_SCHEMA, indent=2)
+
+    def do_expose(self, options) -> tuple[dict, str]:
+        from calls.exposure import expose_route
+
+        config = get_config()
+        result = expose_route(mode=options["mode"], path=options["path"] or config.tailscale.path,
+                              port=options["port"] or config.serve.port,
+                              serve_path=options["serve_path"] or config.serve.path)
+        if not result["ok"]:
+            self.stdout.write(json.dumps(result, indent=2))
+            raise CommandError(result["hint"]["error"])
+        if result["mode"] == "off":
+            return result, f"Tailscale routes for {result['path']} removed."
+        return result, f"Tailscale {result['mode']}: {result['publicUrl']} -> {result['localUrl']}"

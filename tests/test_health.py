@@ -1,0 +1,86 @@
+"""/readyz: database, channel layer and broker reachable, and not draining."""
+
+from __future__ import annotations
+
+import pytest
+
+from calls import health
+from tests.conftest import free_port
+from voicecall_site.celery import app as celery_app
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _own_var_dir(settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    yield
+    health.set_draining(False)
+
+
+def test_ready_when_everything_answers(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"ready": True, "checks": {"database": "ok", "channelLayer": "ok",
+                                                         "broker": health.EAGER_BROKER_NOTE}}
+
+
+def test_liveness_stays_up_when_not_ready(client, settings, tmp_path):
+    (tmp_path / "draining").touch()
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/healthz").status_code == 200
+
+
+def test_drain_flag_file_makes_it_unready(client, tmp_path):
+    (tmp_path / "draining").touch()
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["failing"] == ["draining"]
+
+
+def test_draining_process_flag_makes_it_unready(client):
+    health.set_draining(True)
+    assert client.get("/readyz").json()["failing"] == ["draining"]
+    health.set_draining(False)
+    assert client.get("/readyz").status_code == 200
+
+
+def test_unreachable_broker_is_named(client):
+    previous = celery_app.conf.task_always_eager, celery_app.conf.broker_url
+    celery_app.conf.task_always_eager = False
+    celery_app.conf.broker_url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    try:
+        response = client.get("/readyz")
+    finally:
+        celery_app.conf.task_always_eager, celery_app.conf.broker_url = previous
+    assert response.status_code == 503
+    body = response.json()
+    assert body["failing"] == ["broker"]
+    assert body["checks"]["database"] == "ok"
+    assert "hunter2" not in response.content.decode()
+
+
+def test_unreachable_channel_layer_is_named(client, settings):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                           "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]}}}
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["failing"] == ["channelLayer"]
+
+
+def test_real_redis_broker_counts_as_ready(client):
+    previous = celery_app.conf.task_always_eager, celery_app.conf.broker_url
+    celery_app.conf.task_always_eager = False
+    celery_app.conf.broker_url = "redis://127.0.0.1:6379/15"
+    try:
+        response = client.get("/readyz")
+    finally:
+        celery_app.conf.task_always_eager, celery_app.conf.broker_url = previous
+    assert response.json()["checks"]["broker"] == "ok", response.json()
+
+
+def test_redis_channel_layer_round_trip_counts_as_ready(client, settings):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                           "CONFIG": {"hosts": ["redis://127.0.0.1:6379/15"]}}}
+    response = client.get("/readyz")
+    assert response.json()["checks"]["channelLayer"] == "ok", response.json()
