@@ -42,3 +42,15 @@ def test_restore_sorts_live_calls_by_what_the_carrier_says(configure, monkeypatc
     assert states[unknown.id] == "listening"
     assert states[finished.id] == "completed"
     assert summary == {"checked": 6, "resumed": 3, "timedOut": 1, "closed": 1, "failed": 1}
+
+
+def test_restore_command_prints_the_summary():
+    import io
+    import json
+
+    from django.core.management import call_command
+
+    AnsweredCallFactory(provider_call_id="mock-ended-2")
+    out = io.StringIO()
+    call_command("voicecall", "restore", "--json", stdout=out)
+    assert json.loads(out.getvalue()) == {"checked": 1, "resumed": 0, "timedOut": 0, "closed": 1, "failed": 0}

@@ -72,6 +72,7 @@ class Command(BaseCommand):
         p = add("latency", "p50/p95 of conversation turn latency")
         p.add_argument("--last", type=_positive_int, default=200)
         add("setup", "check config, credentials and webhook exposure")
+        add("restore", "re-check live calls with the carrier after a restart (serve does this at start)")
         p = add("serve", "run the server (daphne) with a Celery worker and beat")
         p.add_argument("--no-worker", action="store_true", help="do not start the Celery worker and beat")
         add("tool-schema", "print the voice_call agent tool's JSON schema (OpenAI function format)")
@@ -218,6 +219,11 @@ class Command(BaseCommand):
             self.stdout.flush()
         return None
 
+    def do_restore(self, options) -> tuple[dict, str]:
+        summary = services.restore_calls()
+        return summary, (f"{summary['checked']} live calls checked: {summary['resumed']} resumed, "
+                         f"{summary['closed']} closed, {summary['timedOut']} timed out, {summary['failed']} failed")
+
     def do_serve(self, options) -> None:
         from calls.health import drain_flag
 
@@ -225,6 +231,10 @@ class Command(BaseCommand):
         env = {**os.environ}
         exposure = self._start_exposure(config, env)
         drain_flag().unlink(missing_ok=True)  # a previous run's flag must not keep this one unready
+        # Calls that were live when the previous server stopped are re-checked with the carrier.
+        restored = services.restore_calls()
+        if restored["checked"]:
+            self.stdout.write(f"Restored live calls after restart: {json.dumps(restored)}")
         children: list[subprocess.Popen] = []
         base = [sys.executable, "-m", "celery", "-A", "voicecall_site"]
         if not options["no_worker"]:
