@@ -10,7 +10,10 @@ and hand the outside work to Celery with ``transaction.on_commit``.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+import math
 import re
 import time
 import uuid
@@ -43,6 +46,7 @@ from providers.base import (
     OutboundCallRequest,
     Provider,
     ProviderError,
+    WebhookParseError,
     WebhookReply,
 )
 
@@ -260,7 +264,10 @@ def place_call(call_id: str) -> str:
     hang_up_now = False
     with transaction.atomic():
         locked = Call.objects.select_for_update().get(id=call.id)
-        locked.provider_call_id = placed.provider_call_id
+        # A carrier callback may have beaten the REST response and already stored the final id
+        # (Plivo: CallUUID arriving before we stored the provisional RequestUUID): keep it.
+        if not locked.provider_call_id:
+            locked.provider_call_id = placed.provider_call_id
         locked.last_error = ""
         locked.save(update_fields=["provider_call_id", "last_error", "updated_at"])
         # Ended (e.g. by the operator) while the carrier request was in flight: hang the new leg up.
@@ -368,12 +375,62 @@ def _event_payload(event: NormalizedEvent) -> dict[str, Any]:
     return payload
 
 
+# Column limits of the ledger (calls/models.py).
+PROVIDER_CALL_ID_MAX = 128
+DEDUPE_KEY_MAX = 200
+
+
+def _storable(value: Any) -> Any:
+    """``value`` as PostgreSQL text/jsonb can hold it: NUL characters dropped, lone surrogates
+    replaced, non-finite floats (JSON ``NaN``/``Infinity``, which Python's parser accepts) as null."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            value = value.replace("\x00", "")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "replace").decode("utf-8")
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {_storable(str(k)): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
+
+
+def storable_event(event: NormalizedEvent) -> NormalizedEvent:
+    """The event as the ledger can store it (found by fuzzing: a NUL or a lone surrogate in a field,
+    or ``NaN`` in a payload, made PostgreSQL fail the whole webhook with a 500).
+
+    Text is cleaned, an over-long dedupe key keeps its prefix plus a hash (truncation alone would
+    merge distinct events), and a carrier call id longer than its column is refused with
+    ``WebhookParseError`` (400, nothing recorded): cutting an id would point it at the wrong call.
+    """
+    changes = {
+        f.name: _storable(getattr(event, f.name))
+        for f in dataclasses.fields(event)
+        if f.name not in ("type", "timestamp", "is_final", "retryable")
+    }
+    for name in ("provider_call_id", "previous_provider_call_id"):
+        value = changes[name]
+        if isinstance(value, str) and len(value) > PROVIDER_CALL_ID_MAX:
+            raise WebhookParseError(f"{name} is longer than {PROVIDER_CALL_ID_MAX} characters")
+    key = str(changes["dedupe_key"])
+    if len(key) > DEDUPE_KEY_MAX:
+        key = key[: DEDUPE_KEY_MAX - 65] + "#" + hashlib.sha256(key.encode()).hexdigest()
+    changes["dedupe_key"] = key
+    return dataclasses.replace(event, **changes)
+
+
 def apply_event(provider: Provider, event: NormalizedEvent) -> EventOutcome:
     """Apply one carrier event exactly once: dedupe, find or create the call, transition, transcript.
 
     Runs inside the caller's transaction (``process_events``); the ledger row's unique
     ``dedupe_key`` is what makes a second delivery — from any process, after any restart — a no-op.
     """
+    event = storable_event(event)
     config = provider.config
     outcome = EventOutcome()
     try:
@@ -647,6 +704,14 @@ def _speak_now(call: Call, text: str, *, listen_after: bool, turn_token: str | N
     """Hand text to the carrier and record it. Raises ServiceError if the carrier refused."""
     config = get_config()
     provider = get_provider(config)
+    # Media streams (calls/streams.py): a call whose Twilio media stream is live speaks through the
+    # consumer holding the socket (TTS over the stream, acknowledged), never through play_tts.
+    if config.streaming.enabled:
+        from calls import streams
+
+        if streams.has_live_stream(str(call.id)):
+            streams.speak_via_stream(call, text, listen_after=listen_after, turn_token=turn_token)
+            return
     with transaction.atomic():
         locked = Call.objects.select_for_update().get(id=call.id)
         if locked.is_terminal:
@@ -954,6 +1019,11 @@ def end_call(call_id: str, *, reason: str = CallState.HANGUP_BOT.value) -> None:
     with transaction.atomic():
         locked = Call.objects.select_for_update().get(id=call.id)
         _finalize(locked, reason)
+    # Media streams (calls/streams.py): the consumer holding this call's socket closes it now.
+    if config.streaming.enabled:
+        from calls import streams
+
+        streams.close_stream(str(call.id))
 
 
 def _set_end_requested(call_id: str, reason: str | None) -> None:

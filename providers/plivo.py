@@ -1,0 +1,771 @@
+"""Plivo Voice API + Plivo XML: REST commands, V3/V2 webhook signatures, event mapping, XML replies.
+
+References: OpenClaw fact sheet §3.3 (operations, flows, event mapping), §4.2 (which URL was signed),
+§4.3 (signature algorithms), §4.4 (replay keys); protocols.md §6 (REST, XML, callback parameters,
+signature construction from ``plivo/utils/signature_v3.py`` 4.63.0) and §9 (test vectors).
+
+Wire shapes
+-----------
+* REST: ``{plivo.apiBaseUrl}/v1/Account/{authId}/…``, HTTP Basic ``authId:authToken``, JSON bodies.
+  Make call ``POST /Call/`` answers 201 ``{"request_uuid": …}``; the ``CallUUID`` only arrives in
+  callbacks, which also carry ``RequestUUID`` so the provisional id can be upgraded (we emit events
+  with ``provider_call_id=CallUUID, previous_provider_call_id=RequestUUID``). Hang up
+  ``DELETE /Call/{CallUUID}/``; cancel a call that has no CallUUID yet ``DELETE /Request/{RequestUUID}/``.
+  Live "XML transfer" ``POST /Call/{CallUUID}/`` ``{legs: "aleg", aleg_url, aleg_method}``: Plivo
+  fetches XML from ``aleg_url`` and runs it in place of the current flow. DTMF
+  ``POST /Call/{CallUUID}/DTMF/``.
+* Webhooks: form-encoded POSTs to our webhook URL; our query parameter ``flow`` says which one:
+  ``answer`` (answer_url; also the default when ``flow`` is absent), ``ring``, ``hangup``,
+  ``getinput`` (the ``<GetInput>`` action), ``xml-speak`` / ``xml-listen`` (transfer targets, no
+  events) and ``keepalive`` (our ``<Redirect>`` after a long ``<Wait>``, no events). For inbound
+  calls, point the Plivo application's Answer URL (POST) at the webhook URL as is and its Hangup URL
+  at the same URL (``?flow=hangup`` optional: a final ``CallStatus`` ends the call either way).
+  Every reply is ``text/xml`` Plivo XML built with the SDK's ``plivo.plivoxml`` (text is escaped by
+  lxml; characters XML cannot carry are dropped first).
+* Signatures: ``X-Plivo-Signature-V3`` (+ ``-V3-Nonce``) is preferred whenever present: HMAC-SHA256
+  with the auth token over the SDK's base string (URL with sorted query, then sorted POST params)
+  + ``"." + nonce``; the header may hold several comma-separated signatures, any may match. Without
+  V3 headers, ``X-Plivo-Signature-V2`` (+ nonce) over ``URL-without-query + nonce``. The URL is
+  ``publicUrl``'s origin + the request's path and query, or the URL reconstructed under the same
+  forwarding-header trust rules as Twilio (``calls/security.py``), then the same port variants.
+
+Decisions (where the fact sheet is silent or we deliberately differ)
+--------------------------------------------------------------------
+* REST goes through ``requests.Session``, not the ``plivo`` SDK's client: the SDK takes its API host
+  from module-level constants (process-wide, not per config), silently fails over to other Plivo
+  hosts on a 5xx with a retry counter it never resets, prints to stdout, and refuses auth ids not
+  shaped like ``MA…``/``SA…``. None of that fits a configurable base URL pointed at a local fake.
+  The SDK is still used for Plivo XML and, in tests, as the reference signature validator.
+* Pending speech travels in the transfer URL, not in server-side state: providers never touch the
+  ORM and any process may serve the XML fetch. ``say`` (``xml-speak``) / ``listen`` (``xml-listen``)
+  hold ``v1.<base64url(zlib(JSON))>.<base64url(HMAC-SHA256)>`` with the call id, flow, text, language,
+  whether to listen afterwards and the turn token. The HMAC key is derived from the auth token, so
+  only whoever holds the token can make us speak; the payload is bound to the call id and flow in the
+  query (it cannot be moved to another call or flow). A tampered or foreign payload is a 400, and a
+  transfer URL longer than ``MAX_TRANSFER_URL_CHARS`` is refused before calling Plivo.
+* Turn tokens: the ``<GetInput>`` action URL carries ``turnToken=…`` when a ``continue`` turn is
+  pending, and Plivo signs that URL (V3 covers the query), so ``uses_turn_tokens = True``: a late
+  answer to an earlier prompt cannot complete the current turn.
+* Speaking inside ``<GetInput>`` (``<GetInput><Speak>…</Speak></GetInput>``) starts listening when the
+  prompt ends, so the bot never transcribes itself and the caller may barge in.
+* Keep-alive: after speaking or listening the call parks in ``<Wait length="300"/>`` followed by a
+  ``<Redirect>`` to ``flow=keepalive``, which answers the same again, so a quiet call stays up until
+  it is hung up or ``maxDurationSeconds`` ends it (upstream's bare ``<Wait>`` hung up after 5 min).
+* ``speechEndTimeout`` is left out of ``<GetInput>`` so Plivo's default end-of-speech detection
+  applies; the SDK cannot emit ``auto`` (it int-casts the value, protocols §6).
+* Numbers: Plivo sends and takes numbers without ``+``. Callback numbers are normalised to E.164
+  (``14155550100`` → ``+14155550100``); SIP URIs and non-numeric caller ids (``anonymous``) are kept.
+  We dial digits only, Plivo's documented form.
+* Make call sends ``hangup_on_ring`` *and* ``ring_timeout`` from ``ringTimeoutMs`` (both mean "stop
+  ringing after N s"), ``ring_url`` (so the CallUUID and the ``ringing`` state arrive before answer)
+  and ``time_limit`` = ``maxDurationSeconds`` + ``TIME_LIMIT_MARGIN_SECONDS`` as a carrier-side
+  backstop should our own max-duration timer not run.
+* Dedupe keys: lifecycle events (ringing, answered, ended) are keyed by call and type
+  (``plivo:<CallUUID>:<type>``), so a retried callback with a fresh nonce is still applied once;
+  speech and digits are keyed by the verified request key (two identical answers are two turns).
+* Hang-up without knowing which id we hold (RequestUUID before the first callback, CallUUID after):
+  ``DELETE /Call/{id}/`` first, and on 404 ``DELETE /Request/{id}/``; a 404 there too means the call
+  is already gone, which is success.
+* Status lookup (reaper / restore): live call (``?status=live``), then the call detail record (the
+  call ended), then the queue (``?status=queued``); found nowhere is terminal ``not-found`` as
+  upstream. The CDR field ``call_state`` is read leniently [unverified field values].
+* ``CallStatus=timeout`` ends the call ``no-answer`` (it is the ring timeout), ``cancel`` ends it
+  ``hangup-bot`` (we cancelled it), ``machine`` ends it ``voicemail``; an unknown status on a hang-up
+  callback ends it ``failed`` (upstream: "other → failed"). A ``completed`` hang-up whose
+  ``HangupSource`` is ``API Request`` (our own ``DELETE``) ends it ``hangup-bot``, so the end reason
+  does not depend on whether that callback or ``end_call``'s own write lands first.
+* Voice: replies set only ``language`` (default ``en-US``, or ``metadata.language`` of the call),
+  as upstream; Plivo's default voice is used because the configured TTS voice names (OpenAI,
+  ElevenLabs) mean nothing to Plivo.
+* DTMF pause characters: ``w`` (0.5 s) and ``W`` (1 s) are Plivo's; ``,``/``p``/``P`` become ``W``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hashlib
+import hmac
+import json
+import logging
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qs, parse_qsl, quote, urlencode, urlparse, urlsplit, urlunparse, urlunsplit
+
+import requests
+from plivo import plivoxml
+
+from calls.security import (
+    ForwardingTrust,
+    WebhookRequest,
+    header,
+    redact_url,
+    url_port_variants,
+    verification_url,
+)
+from providers.base import (
+    CallSnapshot,
+    EventType,
+    NormalizedEvent,
+    OutboundCallRequest,
+    ParsedWebhook,
+    PlacedCall,
+    Provider,
+    ProviderCallStatus,
+    ProviderError,
+    VerifyResult,
+    WebhookParseError,
+    WebhookReply,
+)
+
+logger = logging.getLogger(__name__)
+
+# --- protocol tables -----------------------------------------------------------------------------
+
+ACCOUNT_PATH = "/v1/Account/{auth_id}"
+# (connect, read) seconds for every REST request.
+REQUEST_TIMEOUT = (5.0, 15.0)
+
+V3_SIGNATURE_HEADER = "X-Plivo-Signature-V3"
+V3_NONCE_HEADER = "X-Plivo-Signature-V3-Nonce"
+V2_SIGNATURE_HEADER = "X-Plivo-Signature-V2"
+V2_NONCE_HEADER = "X-Plivo-Signature-V2-Nonce"
+SIGNATURE_BYTES = 32  # HMAC-SHA256
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+XML_CONTENT_TYPE = "text/xml"
+
+
+class Flow(enum.StrEnum):
+    """Our ``flow`` query parameter: which Plivo request this is (fact sheet §3.3)."""
+
+    ANSWER = "answer"
+    RING = "ring"
+    HANGUP = "hangup"
+    GETINPUT = "getinput"
+    XML_SPEAK = "xml-speak"
+    XML_LISTEN = "xml-listen"
+    KEEPALIVE = "keepalive"
+
+
+# Query parameters we put on every URL handed to Plivo (stripped from a base URL before adding ours).
+PROVIDER_PARAM, FLOW_PARAM, CALL_ID_PARAM, TURN_TOKEN_PARAM = "provider", "flow", "callId", "turnToken"
+# Transfer flows and the query parameter that carries their signed payload.
+TRANSFER_PARAMS: dict[Flow, str] = {Flow.XML_SPEAK: "say", Flow.XML_LISTEN: "listen"}
+OUR_PARAMS = frozenset({PROVIDER_PARAM, FLOW_PARAM, CALL_ID_PARAM, TURN_TOKEN_PARAM, *TRANSFER_PARAMS.values()})
+
+# CallStatus (protocols §6 "Callback parameters") → normalized event / end reason.
+RINGING_STATUSES = frozenset({"ringing"})
+ANSWERED_STATUSES = frozenset({"in-progress"})
+CALL_STATUS_END_REASONS: dict[str, str] = {
+    "completed": "completed",
+    "busy": "busy",
+    "no-answer": "no-answer",
+    "failed": "failed",
+    "timeout": "no-answer",  # the ring timeout expired
+    "cancel": "hangup-bot",  # we cancelled the request before answer
+    "canceled": "hangup-bot",
+    "machine": "voicemail",
+    "hangup": "completed",
+    "answer": "completed",  # CDR call_state of an answered call that ended normally
+}
+UNKNOWN_HANGUP_END_REASON = "failed"
+# HangupSource of a call that ended "completed" → a more precise end reason [values unverified].
+# "API Request" is our own DELETE: the bot hung up, whichever of our write and this callback lands first.
+HANGUP_SOURCE_END_REASONS: dict[str, str] = {"api request": "hangup-bot"}
+START_APP_EVENT = "startapp"  # Event=StartApp on the answer URL ⇒ the call is answered (§3.3)
+# First non-empty of these is the caller's final speech (fact sheet §3.3).
+SPEECH_FIELDS = ("Speech", "Transcription", "TranscriptionText", "SpeechResult", "RecognizedSpeech", "Text")
+SPEECH_CONFIDENCE_FIELD = "SpeechConfidenceScore"
+DIRECTIONS: dict[str, str] = {"inbound": "inbound", "outbound": "outbound"}
+
+# XML parameters.
+DEFAULT_LANGUAGE = "en-US"
+KEEPALIVE_WAIT_SECONDS = 300
+LISTEN_EXECUTION_TIMEOUT_SECONDS = 30  # 5 to 60 s, counted after the nested <Speak> (protocols §6)
+TIME_LIMIT_MARGIN_SECONDS = 60
+
+# DTMF characters Plivo does not know → its pause characters (w = 0.5 s, W = 1 s).
+DTMF_TRANSLATION = str.maketrans({",": "W", "p": "W", "P": "W"})
+
+# Signed transfer payloads.
+TRANSFER_PAYLOAD_VERSION = "v1"
+TRANSFER_KEY_LABEL = b"voicecall:plivo:transfer-url:v1"
+MAX_TRANSFER_URL_CHARS = 8000
+MAX_TRANSFER_PAYLOAD_BYTES = 64 * 1024
+
+# Characters XML 1.0 cannot carry (lxml refuses them): dropped from spoken text.
+_XML_INVALID = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_PHONE_LIKE = re.compile(r"\+?[\d\s().-]+")
+
+REASON_MISSING = "missing Plivo signature headers"
+REASON_METHOD = "Plivo signs only GET and POST requests"
+REASON_V3_MISMATCH = "invalid X-Plivo-Signature-V3 for URL {url}"
+REASON_V2_MISMATCH = "invalid X-Plivo-Signature-V2 for URL {url}"
+BAD_TRANSFER_PAYLOAD = "transfer payload missing, malformed or not signed by us"
+
+
+# --- signatures (pure functions; the test vectors of protocols §9 exercise them) ------------------
+
+
+def _sorted_query(params: Mapping[str, Sequence[str]]) -> str:
+    """``k=v&…`` over sorted keys, each key's values sorted (SDK ``get_sorted_query_string``)."""
+    return "&".join("&".join(f"{key}={value}" for value in sorted(params[key])) for key in sorted(params))
+
+
+def _sorted_params(params: Mapping[str, Sequence[str]]) -> str:
+    """``kv…`` over sorted keys, each key's values sorted (SDK ``get_sorted_params_string``)."""
+    return "".join("".join(f"{key}{value}" for value in sorted(params[key])) for key in sorted(params))
+
+
+def v3_base_string(method: str, url: str, params: Mapping[str, Sequence[str]] | None = None) -> str:
+    """The string a V3 signature covers, before ``"." + nonce`` (protocols §6, SDK 4.63.0
+    ``construct_get_url``/``construct_post_url``).
+
+    GET: URL query merged with ``params`` (query wins), ``?k=v&…`` sorted when non-empty. POST with
+    params: ``?`` + sorted query + ``.`` (only when there is a query) + sorted ``kv`` params — note the
+    bare ``?`` even without a query. POST without params: like GET with the query alone.
+    """
+    params = {k: [v] if isinstance(v, str) else list(v) for k, v in (params or {}).items()}
+    parts = urlparse(url)
+    base = urlunparse((parts.scheme, parts.netloc, parts.path, "", "", ""))
+    query = parse_qs(parts.query, keep_blank_values=True)
+    if method.upper() == "GET":
+        merged = {**params, **query}
+        sorted_query = _sorted_query(merged)
+        return base + ("?" + sorted_query if sorted_query else "")
+    sorted_query = _sorted_query(query)
+    if not params:
+        return base + ("?" + sorted_query if sorted_query else "")
+    return base + "?" + (sorted_query + "." if sorted_query else "") + _sorted_params(params)
+
+
+def _b64_hmac_sha256(token: str, message: str) -> str:
+    digest = hmac.new(token.encode(), message.encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def v3_signature(auth_token: str, method: str, url: str, nonce: str,
+                 params: Mapping[str, Sequence[str]] | None = None) -> str:
+    """``X-Plivo-Signature-V3``: base64(HMAC-SHA256(token, base string + "." + nonce))."""
+    return _b64_hmac_sha256(auth_token, f"{v3_base_string(method, url, params)}.{nonce}")
+
+
+def v2_signature(auth_token: str, url: str, nonce: str) -> str:
+    """``X-Plivo-Signature-V2``: base64(HMAC-SHA256(token, URL without query + nonce)); deprecated,
+    it covers neither the query nor the body."""
+    return _b64_hmac_sha256(auth_token, _url_without_query(url) + nonce)
+
+
+def _url_without_query(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def _canonical_signature(value: str) -> bytes | None:
+    """Decode one offered signature (base64, whitespace-trimmed); None unless 32 bytes."""
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == SIGNATURE_BYTES else None
+
+
+def _signature_matches(expected_b64: str, offered: Sequence[bytes]) -> bool:
+    expected = base64.b64decode(expected_b64)
+    matched = False
+    for candidate in offered:  # constant time per candidate; no early exit on the first match
+        matched |= hmac.compare_digest(expected, candidate)
+    return matched
+
+
+def v3_replay_key(base_string: str, nonce: str) -> str:
+    """Fact sheet §4.4: ``plivo:v3:`` + sha256(V3 base string \\n nonce)."""
+    return "plivo:v3:" + hashlib.sha256(f"{base_string}\n{nonce}".encode()).hexdigest()
+
+
+def v2_replay_key(url: str, nonce: str) -> str:
+    """Fact sheet §4.4: ``plivo:v2:`` + sha256(URL without query \\n nonce)."""
+    return "plivo:v2:" + hashlib.sha256(f"{_url_without_query(url)}\n{nonce}".encode()).hexdigest()
+
+
+# --- small wire helpers --------------------------------------------------------------------------
+
+
+def normalize_number(value: str | None) -> str | None:
+    """A callback number as E.164: Plivo sends ``14155550100``; SIP URIs and words are kept."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    if value.lower().startswith("sip:") or not _PHONE_LIKE.fullmatch(value):
+        return value
+    digits = re.sub(r"\D", "", value)
+    return "+" + digits if digits else value
+
+
+def dial_number(value: str) -> str:
+    """A number as Plivo takes it: digits only (country code, no ``+``); SIP URIs unchanged."""
+    value = value.strip()
+    if value.lower().startswith("sip:"):
+        return value
+    return re.sub(r"\D", "", value)
+
+
+def _xml_text(text: str) -> str:
+    return _XML_INVALID.sub("", text)
+
+
+def _form_params(request: WebhookRequest) -> dict[str, list[str]]:
+    params: dict[str, list[str]] = {}
+    for key, value in request.form_params:
+        params.setdefault(key, []).append(value)
+    return params
+
+
+def _is_form(request: WebhookRequest) -> bool:
+    content_type = (header(request, "Content-Type") or "").split(";", 1)[0].strip().lower()
+    return content_type in ("", FORM_CONTENT_TYPE)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+# --- the provider --------------------------------------------------------------------------------
+
+
+class PlivoProvider(Provider):
+    name = "plivo"
+    required_signature_headers = (
+        (V3_SIGNATURE_HEADER, V3_NONCE_HEADER),
+        (V2_SIGNATURE_HEADER, V2_NONCE_HEADER),
+    )
+    uses_turn_tokens = True  # the GetInput action URL carries the turn token (see module docstring)
+    answers_inbound_by_rest = False  # Plivo answers when our answer XML runs
+    speaks_initial_message_in_reply = True
+    supports_dtmf = True
+    reports_playback_end = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        plivo_cfg = config.plivo
+        if not plivo_cfg.auth_id or not plivo_cfg.auth_token:
+            raise ValueError("plivo.authId and plivo.authToken are required for provider plivo")
+        self._auth_token = plivo_cfg.auth_token
+        self._api_base = plivo_cfg.api_base_url.rstrip("/") + ACCOUNT_PATH.format(
+            auth_id=quote(plivo_cfg.auth_id, safe="")
+        )
+        self._transfer_key = hmac.new(self._auth_token.encode(), TRANSFER_KEY_LABEL, hashlib.sha256).digest()
+        self._http = requests.Session()
+        self._http.auth = (plivo_cfg.auth_id, plivo_cfg.auth_token)
+        self._http.headers.update({"Accept": "application/json", "User-Agent": "voicecall-plivo"})
+
+    # --- webhooks: verification -------------------------------------------------------------------
+    def verify_webhook(self, request: WebhookRequest) -> VerifyResult:
+        """V3 when its headers are present, else V2 (fact sheet §4.3); the replay key is derived from
+        the signed material only (§4.4)."""
+        method = request.method.upper()
+        if method not in ("GET", "POST"):
+            return VerifyResult(False, REASON_METHOD)
+        v3, v3_nonce = header(request, V3_SIGNATURE_HEADER), header(request, V3_NONCE_HEADER)
+        v2, v2_nonce = header(request, V2_SIGNATURE_HEADER), header(request, V2_NONCE_HEADER)
+        if not ((v3 and v3_nonce) or (v2 and v2_nonce)):
+            return VerifyResult(False, REASON_MISSING)
+        candidates = self._candidate_urls(request)
+        if v3 and v3_nonce:
+            offered = [sig for sig in (_canonical_signature(s) for s in v3.split(",")) if sig is not None]
+            params = _form_params(request) if method == "POST" and _is_form(request) else {}
+            for url in candidates:
+                base = v3_base_string(method, url, params)
+                expected = _b64_hmac_sha256(self._auth_token, f"{base}.{v3_nonce}")
+                if _signature_matches(expected, offered):
+                    return VerifyResult(True, "ok", v3_replay_key(base, v3_nonce))
+            return VerifyResult(False, REASON_V3_MISMATCH.format(url=redact_url(candidates[0])))
+        assert v2 is not None and v2_nonce is not None
+        offered = [sig for sig in (_canonical_signature(s) for s in v2.split(",")) if sig is not None]
+        for url in candidates:
+            if _signature_matches(v2_signature(self._auth_token, url, v2_nonce), offered):
+                return VerifyResult(True, "ok", v2_replay_key(url, v2_nonce))
+        return VerifyResult(False, REASON_V2_MISMATCH.format(url=redact_url(candidates[0])))
+
+    def _public_request_url(self, request: WebhookRequest) -> str:
+        trust = ForwardingTrust.from_config(self.config, request.remote_addr)
+        return verification_url(request, trust, self.config.public_url)
+
+    def _candidate_urls(self, request: WebhookRequest) -> list[str]:
+        return url_port_variants(
+            self._public_request_url(request), public_url=self.config.public_url, host_header=header(request, "Host")
+        )
+
+    # --- webhooks: parsing and replies ------------------------------------------------------------
+    def parse_webhook(self, request: WebhookRequest, request_key: str) -> ParsedWebhook:
+        """Events from a Plivo callback; transfer flows answer from their signed payload and emit
+        nothing (fact sheet §3.3). Raises ``WebhookParseError`` for bodies Plivo never sends."""
+        params = self._body_params(request)
+        query = dict(request.query_params)
+        flow = self._flow(query)
+        if flow in TRANSFER_PARAMS:
+            payload = self._read_transfer_payload(query, flow)
+            return ParsedWebhook(events=[], reply=self._transfer_reply(request, payload))
+        if flow == Flow.KEEPALIVE:
+            return ParsedWebhook(events=[], reply=self._xml(self._keep_alive(plivoxml.ResponseElement(), request,
+                                                                             query.get(CALL_ID_PARAM))))
+        return ParsedWebhook(events=self._events(params, query, request_key, flow))
+
+    def render_reply(self, request: WebhookRequest, parsed: ParsedWebhook, call: CallSnapshot | None) -> WebhookReply:
+        if parsed.reply is not None:
+            return parsed.reply
+        flow = self._flow(dict(request.query_params))
+        if flow == Flow.ANSWER:
+            return self._answer_reply(request, call)
+        if flow == Flow.GETINPUT:
+            call_id = call.call_id if call else dict(request.query_params).get(CALL_ID_PARAM)
+            if call is not None and call.is_terminal:
+                return self._xml(plivoxml.ResponseElement())
+            return self._xml(self._keep_alive(plivoxml.ResponseElement(), request, call_id))
+        return self._xml(plivoxml.ResponseElement())  # ring, hangup, unknown flows: nothing to run
+
+    def rejected_reply(self, request: WebhookRequest) -> WebhookReply:
+        """An inbound caller that policy rejected: ``<Response><Hangup/></Response>``."""
+        return self._xml(plivoxml.ResponseElement().add(plivoxml.HangupElement()))
+
+    @staticmethod
+    def _flow(query: Mapping[str, str]) -> Flow | None:
+        value = (query.get(FLOW_PARAM) or "").strip()
+        if not value:
+            return Flow.ANSWER  # an application's answer URL without our parameters (inbound)
+        try:
+            return Flow(value)
+        except ValueError:
+            return None
+
+    @staticmethod
+    def _body_params(request: WebhookRequest) -> dict[str, str]:
+        if request.method.upper() != "POST" or not request.body:
+            return {}
+        if not _is_form(request):
+            raise WebhookParseError("Plivo callbacks are form-encoded")
+        try:
+            text = request.body.decode("utf-8")
+            pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True) if text.strip() else []
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise WebhookParseError("body is not a form") from exc
+        params: dict[str, str] = {}
+        for key, value in pairs:
+            params.setdefault(key, value)
+        return params
+
+    def _events(self, params: Mapping[str, str], query: Mapping[str, str], request_key: str,
+                flow: Flow | None) -> list[NormalizedEvent]:
+        """Fact sheet §3.3 mapping. Order: ringing, answered, digits, speech, ended; a hang-up callback
+        yields only ``call.ended``."""
+        call_uuid = (params.get("CallUUID") or "").strip() or None
+        request_uuid = (params.get("RequestUUID") or params.get("ALegRequestUUID") or "").strip() or None
+        provider_call_id = call_uuid or request_uuid
+        call_id = (query.get(CALL_ID_PARAM) or "").strip() or None
+        if not provider_call_id and not call_id:
+            return []
+        common: dict[str, Any] = {
+            "call_id": call_id,
+            "provider_call_id": provider_call_id,
+            "previous_provider_call_id": request_uuid if call_uuid and request_uuid != call_uuid else None,
+            "direction": DIRECTIONS.get((params.get("Direction") or "").strip().lower()),
+            "from_number": normalize_number(params.get("From")),
+            "to_number": normalize_number(params.get("To")),
+            "turn_token": (query.get(TURN_TOKEN_PARAM) or "").strip() or None,
+            "raw": dict(params),
+        }
+        lifecycle_key = f"plivo:{provider_call_id or call_id}"
+        status = (params.get("CallStatus") or "").strip().lower()
+        events: list[NormalizedEvent] = []
+
+        def add(kind: EventType, dedupe_key: str, **fields: Any) -> None:
+            events.append(NormalizedEvent(type=kind, dedupe_key=dedupe_key, **common, **fields))
+
+        if flow == Flow.HANGUP:
+            # The hang-up callback only ends the call (upstream: unknown statuses end it "failed").
+            reason = CALL_STATUS_END_REASONS.get(status, UNKNOWN_HANGUP_END_REASON)
+            if reason == "completed":
+                source = (params.get("HangupSource") or "").strip().lower()
+                reason = HANGUP_SOURCE_END_REASONS.get(source, reason)
+            add(EventType.ENDED, f"{lifecycle_key}:{EventType.ENDED}", reason=reason)
+            return events
+        if status in RINGING_STATUSES:
+            add(EventType.RINGING, f"{lifecycle_key}:{EventType.RINGING}")
+        answered_by_app = (params.get("Event") or "").strip().lower() == START_APP_EVENT and call_uuid
+        if status in ANSWERED_STATUSES or answered_by_app:
+            add(EventType.ANSWERED, f"{lifecycle_key}:{EventType.ANSWERED}")
+        digits = (params.get("Digits") or "").strip()
+        if digits:
+            add(EventType.DTMF, f"{request_key}:dtmf", digits=digits)
+        transcript = next((params[f].strip() for f in SPEECH_FIELDS if (params.get(f) or "").strip()), None)
+        if transcript:
+            add(EventType.SPEECH, f"{request_key}:speech", transcript=transcript, is_final=True,
+                confidence=self._confidence(params.get(SPEECH_CONFIDENCE_FIELD)))
+        if status in CALL_STATUS_END_REASONS:
+            add(EventType.ENDED, f"{lifecycle_key}:{EventType.ENDED}", reason=CALL_STATUS_END_REASONS[status])
+        return events
+
+    @staticmethod
+    def _confidence(value: str | None) -> float | None:
+        try:
+            return float(value) if value not in (None, "") else None
+        except ValueError:
+            return None
+
+    def _answer_reply(self, request: WebhookRequest, call: CallSnapshot | None) -> WebhookReply:
+        """The first XML of a call (fact sheet §3.3, §8.2). Notify: speak, wait, hang up. Conversation:
+        speak the pending message inside ``<GetInput>`` and keep the call alive."""
+        if call is None or call.is_terminal:
+            return self._xml(plivoxml.ResponseElement().add(plivoxml.HangupElement()))
+        response = plivoxml.ResponseElement()
+        language = self._language(call)
+        message = _xml_text(call.initial_message or "").strip() or None
+        if call.mode != "conversation":
+            if message:
+                response.add(plivoxml.SpeakElement(message, language=language))
+                delay = self.config.outbound.notify_hangup_delay_sec
+                if delay > 0:
+                    response.add(plivoxml.WaitElement(length=delay))
+            response.add(plivoxml.HangupElement())
+            return self._xml(response, spoken_text=message, delivers_initial_message=bool(message))
+        get_input = self._get_input(request, call.call_id, language, call.pending_turn_token)
+        if message:
+            get_input.add(plivoxml.SpeakElement(message, language=language))
+        response.add(get_input)
+        self._keep_alive(response, request, call.call_id)
+        return self._xml(response, spoken_text=message, delivers_initial_message=bool(message), listens=True)
+
+    def _transfer_reply(self, request: WebhookRequest, payload: dict[str, Any]) -> WebhookReply:
+        """XML for ``xml-speak`` / ``xml-listen`` from the signed payload. The utterance was recorded
+        when it was handed to Plivo (``services._speak_now``), so the reply claims no spoken text."""
+        call_id, language = payload["c"], payload.get("l") or DEFAULT_LANGUAGE
+        text = _xml_text(payload.get("s") or "").strip()
+        response = plivoxml.ResponseElement()
+        speak = plivoxml.SpeakElement(text, language=language) if text else None
+        if payload.get("g"):
+            get_input = self._get_input(request, call_id, language, payload.get("t"))
+            if speak is not None:
+                get_input.add(speak)
+            response.add(get_input)
+        elif speak is not None:
+            response.add(speak)
+        return self._xml(self._keep_alive(response, request, call_id))
+
+    def _get_input(self, request: WebhookRequest, call_id: str, language: str,
+                   turn_token: str | None) -> plivoxml.GetInputElement:
+        extra = {TURN_TOKEN_PARAM: turn_token} if turn_token else {}
+        action = self._callback_url(self._reply_base(request), Flow.GETINPUT, call_id, **extra)
+        return plivoxml.GetInputElement(
+            action=action, method="POST", input_type="speech",
+            execution_timeout=LISTEN_EXECUTION_TIMEOUT_SECONDS, language=language, redirect=False,
+        )
+
+    def _keep_alive(self, response: plivoxml.ResponseElement, request: WebhookRequest,
+                    call_id: str | None) -> plivoxml.ResponseElement:
+        response.add(plivoxml.WaitElement(length=KEEPALIVE_WAIT_SECONDS))
+        url = self._callback_url(self._reply_base(request), Flow.KEEPALIVE, call_id)
+        response.add(plivoxml.RedirectElement(url, method="POST"))
+        return response
+
+    def _reply_base(self, request: WebhookRequest) -> str:
+        """Callback base inside a reply: ``publicUrl``'s origin + this request's path, or the
+        reconstructed URL (fact sheet §3.3 "Callback base URL")."""
+        return _url_without_query(self._public_request_url(request))
+
+    @staticmethod
+    def _language(call: CallSnapshot) -> str:
+        language = (call.metadata or {}).get("language")
+        return language if isinstance(language, str) and language.strip() else DEFAULT_LANGUAGE
+
+    @staticmethod
+    def _xml(response: plivoxml.ResponseElement, **speech: Any) -> WebhookReply:
+        return WebhookReply(status=200, content_type=XML_CONTENT_TYPE, body=response.to_string(False), **speech)
+
+    @staticmethod
+    def _callback_url(base: str, flow: Flow, call_id: str | None, **extra: str) -> str:
+        """``base`` with our parameters: ``provider=plivo&flow=…&callId=…`` (+ extra)."""
+        parts = urlsplit(base)
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in OUR_PARAMS]
+        query += [(PROVIDER_PARAM, "plivo"), (FLOW_PARAM, flow.value)]
+        if call_id:
+            query.append((CALL_ID_PARAM, call_id))
+        query += [(k, v) for k, v in extra.items() if v]
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+
+    # --- signed transfer payloads -----------------------------------------------------------------
+    def _sign_transfer(self, body: str) -> str:
+        mac = hmac.new(self._transfer_key, f"{TRANSFER_PAYLOAD_VERSION}.{body}".encode(), hashlib.sha256).digest()
+        return _b64url(mac)
+
+    def transfer_payload(self, payload: dict[str, Any]) -> str:
+        """Encode and sign a transfer payload (``v1.<body>.<mac>``)."""
+        raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+        body = _b64url(zlib.compress(raw, 9))
+        return f"{TRANSFER_PAYLOAD_VERSION}.{body}.{self._sign_transfer(body)}"
+
+    def _read_transfer_payload(self, query: Mapping[str, str], flow: Flow) -> dict[str, Any]:
+        value = query.get(TRANSFER_PARAMS[flow]) or ""
+        version, _, rest = value.partition(".")
+        body, _, mac = rest.partition(".")
+        if version != TRANSFER_PAYLOAD_VERSION or not body or not mac:
+            raise WebhookParseError(BAD_TRANSFER_PAYLOAD)
+        try:
+            offered = _unb64url(mac)
+        except (binascii.Error, ValueError) as exc:
+            raise WebhookParseError(BAD_TRANSFER_PAYLOAD) from exc
+        if not hmac.compare_digest(_unb64url(self._sign_transfer(body)), offered):
+            raise WebhookParseError(BAD_TRANSFER_PAYLOAD)
+        try:
+            inflater = zlib.decompressobj()
+            raw = inflater.decompress(_unb64url(body), MAX_TRANSFER_PAYLOAD_BYTES)
+            payload = json.loads(raw)
+        except (binascii.Error, ValueError, zlib.error) as exc:
+            raise WebhookParseError(BAD_TRANSFER_PAYLOAD) from exc
+        if (
+            not isinstance(payload, dict)
+            or payload.get("f") != flow.value
+            or not isinstance(payload.get("c"), str)
+            or payload["c"] != query.get(CALL_ID_PARAM)
+        ):
+            raise WebhookParseError(BAD_TRANSFER_PAYLOAD)
+        return payload
+
+    def _transfer_url(self, call: CallSnapshot, flow: Flow, *, text: str | None, listen: bool,
+                      turn_token: str | None) -> str:
+        payload: dict[str, Any] = {"c": call.call_id, "f": flow.value, "l": self._language(call), "g": listen}
+        if text:
+            payload["s"] = text
+        if turn_token:
+            payload["t"] = turn_token
+        url = self._callback_url(call.webhook_url, flow, call.call_id,
+                                 **{TRANSFER_PARAMS[flow]: self.transfer_payload(payload)})
+        if len(url) > MAX_TRANSFER_URL_CHARS:
+            raise ProviderError(f"Plivo speak failed: text too long for an XML transfer URL ({len(text or '')} chars)")
+        return url
+
+    # --- REST ---------------------------------------------------------------------------------------
+    def _request(self, operation: str, method: str, path: str, *, json_body: dict[str, Any] | None = None,
+                 params: dict[str, str] | None = None, allow_not_found: bool = False) -> dict[str, Any] | None:
+        """One REST call. 5xx, 429, timeouts and connection errors are retryable ``ProviderError``s;
+        404 is ``None`` when ``allow_not_found``. Messages never carry the token or the URL."""
+        try:
+            response = self._http.request(method, self._api_base + path, json=json_body, params=params,
+                                          timeout=REQUEST_TIMEOUT)
+        except requests.Timeout as exc:
+            raise ProviderError(f"Plivo {operation} failed: request timed out", retryable=True) from exc
+        except requests.RequestException as exc:
+            raise ProviderError(f"Plivo {operation} failed: API unreachable", retryable=True) from exc
+        if response.status_code == 404 and allow_not_found:
+            return None
+        if response.status_code >= 400:
+            retryable = response.status_code >= 500 or response.status_code == 429
+            raise ProviderError(
+                f"Plivo {operation} failed: HTTP {response.status_code} {self._error_detail(response)}".rstrip(),
+                retryable=retryable, status=response.status_code,
+            )
+        if response.status_code == 204 or not response.content:
+            return {}
+        try:
+            document = response.json()
+        except ValueError:
+            return {}
+        return document if isinstance(document, dict) else {"items": document}
+
+    def _error_detail(self, response: requests.Response) -> str:
+        try:
+            document = response.json()
+        except ValueError:
+            detail = response.text
+        else:
+            detail = document.get("error") if isinstance(document, dict) else document
+            detail = detail if isinstance(detail, str) else json.dumps(detail)
+        detail = " ".join(str(detail or "").split())[:200]
+        return detail.replace(self._auth_token, "***") if self._auth_token else detail
+
+    def initiate_call(self, request: OutboundCallRequest) -> PlacedCall:
+        """``POST /Call/`` (fact sheet §3.3); the RequestUUID is the provisional carrier id."""
+        base = request.webhook_url
+        body = {
+            "from": dial_number(request.from_number),
+            "to": dial_number(request.to_number),
+            "answer_url": self._callback_url(base, Flow.ANSWER, request.call_id),
+            "answer_method": "POST",
+            "ring_url": self._callback_url(base, Flow.RING, request.call_id),
+            "ring_method": "POST",
+            "hangup_url": self._callback_url(base, Flow.HANGUP, request.call_id),
+            "hangup_method": "POST",
+            "hangup_on_ring": request.ring_timeout_seconds,
+            "ring_timeout": request.ring_timeout_seconds,
+            "time_limit": self.config.max_duration_seconds + TIME_LIMIT_MARGIN_SECONDS,
+        }
+        document = self._request("make call", "POST", "/Call/", json_body=body) or {}
+        request_uuid = document.get("request_uuid")
+        if isinstance(request_uuid, list):
+            request_uuid = request_uuid[0] if request_uuid else None
+        if not isinstance(request_uuid, str) or not request_uuid:
+            raise ProviderError("Plivo make call failed: no request_uuid in the response")
+        return PlacedCall(provider_call_id=request_uuid)
+
+    def hangup_call(self, call: CallSnapshot) -> None:
+        """``DELETE /Call/{id}/``; when Plivo has no such call, the id is a RequestUUID (or the call is
+        gone): ``DELETE /Request/{id}/``, 404 tolerated."""
+        provider_call_id = call.provider_call_id
+        if not provider_call_id:
+            return
+        if self._request("hang up", "DELETE", f"/Call/{quote(provider_call_id, safe='')}/",
+                         allow_not_found=True) is None:
+            self._request("cancel", "DELETE", f"/Request/{quote(provider_call_id, safe='')}/", allow_not_found=True)
+
+    def reject_inbound(self, provider_call_id: str) -> None:
+        self._request("hang up", "DELETE", f"/Call/{quote(provider_call_id, safe='')}/", allow_not_found=True)
+
+    def _transfer(self, call: CallSnapshot, url: str, operation: str) -> None:
+        if not call.provider_call_id:
+            raise ProviderError(f"Plivo {operation} failed: the call has no CallUUID yet")
+        body = {"legs": "aleg", "aleg_url": url, "aleg_method": "POST"}
+        self._request(operation, "POST", f"/Call/{quote(call.provider_call_id, safe='')}/", json_body=body)
+
+    def play_tts(self, call: CallSnapshot, text: str, *, listen_after: bool, turn_token: str | None) -> None:
+        """Transfer the A-leg to ``flow=xml-speak`` carrying the text (and, to listen after, the turn)."""
+        url = self._transfer_url(call, Flow.XML_SPEAK, text=text, listen=listen_after, turn_token=turn_token)
+        self._transfer(call, url, "speak")
+
+    def start_listening(self, call: CallSnapshot, *, turn_token: str | None) -> None:
+        """Transfer the A-leg to ``flow=xml-listen`` (a ``<GetInput>`` carrying the turn token)."""
+        url = self._transfer_url(call, Flow.XML_LISTEN, text=None, listen=True, turn_token=turn_token)
+        self._transfer(call, url, "listen")
+
+    def stop_listening(self, call: CallSnapshot) -> None:
+        return None  # <GetInput> ends by itself
+
+    def send_dtmf(self, call: CallSnapshot, digits: str) -> None:
+        if not call.provider_call_id:
+            raise ProviderError("Plivo DTMF failed: the call has no CallUUID yet")
+        body = {"digits": digits.translate(DTMF_TRANSLATION), "leg": "aleg"}
+        self._request("DTMF", "POST", f"/Call/{quote(call.provider_call_id, safe='')}/DTMF/", json_body=body)
+
+    def get_call_status(self, provider_call_id: str) -> ProviderCallStatus:
+        """Live call, else call detail record (ended), else queue; nowhere ⇒ terminal ``not-found``."""
+        path = f"/Call/{quote(provider_call_id, safe='')}/"
+        live = self._request("status", "GET", path, params={"status": "live"}, allow_not_found=True)
+        if live is not None:
+            return ProviderCallStatus(status=str(live.get("call_status") or "in-progress").strip().lower(),
+                                      is_terminal=False)
+        record = self._request("status", "GET", path, allow_not_found=True)
+        if record is not None:
+            status = str(record.get("call_status") or record.get("call_state") or "completed")
+            status = status.strip().lower().replace("_", "-")
+            return ProviderCallStatus(status=status, is_terminal=True,
+                                      end_reason=CALL_STATUS_END_REASONS.get(status, "completed"))
+        queued = self._request("status", "GET", path, params={"status": "queued"}, allow_not_found=True)
+        if queued is not None:
+            return ProviderCallStatus(status="queued", is_terminal=False)
+        return ProviderCallStatus(status="not-found", is_terminal=True, end_reason="completed")
+
