@@ -14,7 +14,15 @@ from django.views.decorators.csrf import csrf_exempt
 
 from calls import services
 from calls.config import get_config
-from calls.security import InFlightLimiter, WebhookRequest, header, redact_url, skip_mode_replay_key
+from calls.security import (
+    ForwardingTrust,
+    InFlightLimiter,
+    WebhookRequest,
+    header,
+    redact_url,
+    skip_mode_replay_key,
+    stream_client_ip,
+)
 from providers import get_provider
 from providers.base import WebhookParseError
 
@@ -25,10 +33,18 @@ IN_FLIGHT_PER_IP = 8
 _limiter = InFlightLimiter(max_per_key=IN_FLIGHT_PER_IP)
 
 
+def _wire_path(request: HttpRequest) -> str:
+    """The path as sent on the wire (ASGI ``raw_path``, still percent-encoded): the URL a carrier
+    signed. ``request.path`` is decoded, so it is only the fallback (WSGI / the test client)."""
+    scope = getattr(request, "scope", None)
+    raw = scope.get("raw_path") if isinstance(scope, dict) else None
+    return raw.decode("latin-1") if raw else request.path
+
+
 def webhook_request_from(request: HttpRequest, body: bytes = b"") -> WebhookRequest:
     return WebhookRequest(
         method=request.method or "",
-        path=request.path,
+        path=_wire_path(request),
         query_string=request.META.get("QUERY_STRING", ""),
         headers={k: v for k, v in request.headers.items()},
         body=body,
@@ -59,7 +75,9 @@ def carrier_webhook(request: HttpRequest) -> HttpResponse:
         return _plain(400, "Bad Request")
     if declared > MAX_BODY_BYTES:
         return _plain(413, "Payload Too Large")
-    remote = head.remote_addr or "unknown"
+    # Keyed like the ASGI gate: the client IP under the trusted-proxy rules, so clients behind one
+    # trusted proxy do not share a single bucket.
+    remote = stream_client_ip(head.remote_addr, head.headers, ForwardingTrust.from_config(config, head.remote_addr))
     if not _limiter.acquire(remote):
         return _plain(429, "Too Many Requests")
     try:
