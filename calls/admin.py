@@ -72,13 +72,25 @@ class CallAdmin(admin.ModelAdmin):
     search_fields = ("from_number", "to_number", "provider_call_id", "id")
     readonly_fields = ("id", "provider", "provider_call_id", "direction", "state", "started_at", "answered_at",
                        "ended_at", "end_reason", "last_error", "initial_message_delivered", "pending_turn_token",
-                       "pending_turn_started_at", "updated_at", "duration")
+                       "pending_turn_started_at", "updated_at", "duration", "reply_latencies")
     fields = ("id", "provider", "provider_call_id", "direction", "mode", "state", "from_number", "to_number",
               "initial_message", "initial_message_delivered", "started_at", "answered_at", "ended_at", "duration",
-              "end_reason", "last_error", "pending_turn_token", "pending_turn_started_at", "metadata", "updated_at")
+              "end_reason", "last_error", "reply_latencies", "pending_turn_token", "pending_turn_started_at", "metadata",
+              "updated_at")
     inlines = [TranscriptInline, CallEventInline]
     actions = ["end_calls", "speak_to_calls"]
     date_hierarchy = "started_at"
+
+    @admin.display(description="auto-responder turns")
+    def reply_latencies(self, obj: Call) -> str:
+        """Per reply: caller's final words → reply text (model), and → reply handed to the carrier."""
+        turns = (obj.metadata or {}).get("replyLatencies") or []
+        if not turns:
+            return "-"
+        return "; ".join(
+            f"#{n}: text {t.get('llmMs')} ms, audio {t.get('totalMs')} ms{' (fallback)' if t.get('fallback') else ''}"
+            for n, t in enumerate(turns, start=1)
+        )
 
     @admin.display(description="duration (s)")
     def duration(self, obj: Call):

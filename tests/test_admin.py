@@ -66,3 +66,13 @@ def test_allowed_callers_are_editable(staff):
     assert AllowedCaller.objects.get().label == "Mum"
     bad = staff.post(reverse("admin:calls_allowedcaller_add"), {"number": "12345", "label": "x"})
     assert bad.status_code == 200 and AllowedCaller.objects.count() == 1
+
+
+def test_call_page_shows_auto_responder_latencies_and_errors(staff):
+    call = AnsweredCallFactory(metadata={"replyLatencies": [{"llmMs": 420, "totalMs": 610, "fallback": False},
+                                                            {"llmMs": 1500, "totalMs": 1650, "fallback": True}]},
+                               last_error="auto-responder: model did not answer within 1500ms")
+    page = staff.get(reverse("admin:calls_call_change", args=[call.id])).content.decode()
+    assert "#1: text 420 ms, audio 610 ms" in page
+    assert "#2: text 1500 ms, audio 1650 ms (fallback)" in page
+    assert "model did not answer within 1500ms" in page
