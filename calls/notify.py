@@ -86,7 +86,8 @@ class CallUpdateWaiter:
                         return
             except Exception as exc:
                 logger.warning("Redis subscription for call %s lost: %s", self.call_id, exc)
-                self._pubsub = None
+                # Release the dead subscription's connection back to the pool before dropping it.
+                self.close()
                 time.sleep(min(timeout, EMBEDDED_POLL_SECONDS))
                 return
         with _local_condition:

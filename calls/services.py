@@ -375,6 +375,8 @@ def _event_payload(event: NormalizedEvent) -> dict[str, Any]:
     return payload
 
 
+# Events that say the carrier's leg is already gone (nothing left to hang up).
+LEG_GONE_EVENTS = frozenset({EventType.ENDED, EventType.ERROR})
 # Column limits of the ledger (calls/models.py).
 PROVIDER_CALL_ID_MAX = 128
 DEDUPE_KEY_MAX = 200
@@ -461,8 +463,17 @@ def apply_event(provider: Provider, event: NormalizedEvent) -> EventOutcome:
         and event.provider_call_id != call.provider_call_id
         and (not call.provider_call_id or event.previous_provider_call_id == call.provider_call_id)
     ):
+        stray_leg = call.is_terminal and not call.provider_call_id and event.type not in LEG_GONE_EVENTS
         call.provider_call_id = event.provider_call_id
         call.save(update_fields=["provider_call_id", "updated_at"])
+        if stray_leg:
+            # We ended this call before we ever learned its carrier id (a dial whose worker died was
+            # failed, not redialed; placement retries ran out after a timeout), yet the carrier placed
+            # it after all. Hang that leg up rather than leave the callee listening to silence.
+            from calls import tasks
+
+            stray_call_id = str(call.id)
+            transaction.on_commit(lambda: tasks.hang_up_stray_leg.delay(stray_call_id))
 
     _apply_to_call(provider, config, call, event, outcome)
     call_id = str(call.id)
@@ -671,7 +682,14 @@ def process_webhook(provider: Provider, request, request_key: str) -> WebhookRes
         else:
             if call is not None:
                 call.refresh_from_db()
-            reply = provider.render_reply(request, parsed, snapshot(call, provider.config) if call else None)
+            call_snapshot = snapshot(call, provider.config) if call else None
+            # Media streams (calls/streams.py): a call to be connected to a media stream carries the
+            # token its <Stream> must present (minted once per call; a replay never gets here).
+            if call is not None and provider.config.streaming.enabled:
+                from calls import streams
+
+                call_snapshot = streams.with_stream_token(provider, call, call_snapshot)
+            reply = provider.render_reply(request, parsed, call_snapshot)
             if call is not None and reply.spoken_text:
                 _record_reply_speech(call, reply)
         receipt.status_code = reply.status
@@ -1085,6 +1103,19 @@ def reject_inbound_call(provider_name: str, provider_call_id: str) -> bool:
     return True
 
 
+def hang_up_stray_leg(call_id: str) -> bool:
+    """Hang up the carrier leg of a call that had already ended when the leg turned up (see
+    ``apply_event``). The call keeps its terminal state and reason; a failed hang-up is logged."""
+    call = find_call(call_id)
+    if call is None or not call.is_terminal or not call.provider_call_id:
+        return False
+    config = get_config()
+    error = _safe_hangup(get_provider(config), snapshot(call, config))
+    logger.warning("call %s had ended (%s) when its carrier leg %s appeared; hung it up%s", call_id,
+                   call.end_reason, call.provider_call_id, f" (failed: {error})" if error else "")
+    return error is None
+
+
 def answer_inbound_call(call_id: str) -> None:
     call = find_call(call_id)
     if call is None or call.is_terminal:
@@ -1153,10 +1184,12 @@ def restore_calls() -> dict[str, int]:
                 summary["resumed"] += 1  # still queued: place_call is idempotent
             continue
         if now - call.started_at > timedelta(seconds=config.max_duration_seconds):
-            _safe_hangup(provider, snapshot(call, config))
+            # Marked and saved first, then hung up (§2.7 order): the carrier's hang-up report can
+            # land before the request returns and must not end the call "completed" instead.
             with transaction.atomic():
                 locked = Call.objects.select_for_update().get(id=call.id)
                 _finalize(locked, CallState.TIMEOUT.value)
+            _safe_hangup(provider, snapshot(call, config))
             summary["timedOut"] += 1
             continue
         try:

@@ -59,6 +59,11 @@ def reject_inbound_call(provider_name: str, provider_call_id: str) -> None:
 
 
 @shared_task
+def hang_up_stray_leg(call_id: str) -> None:
+    services.hang_up_stray_leg(call_id)
+
+
+@shared_task
 def answer_inbound_call(call_id: str) -> None:
     try:
         services.answer_inbound_call(call_id)

@@ -84,6 +84,9 @@ class CallSnapshot:
     is_terminal: bool
     webhook_url: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Set only on the snapshot a webhook reply is rendered from, when the call is to be connected to
+    # our media stream: the token its <Stream> must present (calls/streams.py mints it).
+    stream_token: str | None = None
 
 
 @dataclass(frozen=True)

@@ -387,8 +387,8 @@ class TelnyxProvider(Provider):
             fields["digits"] = _text(payload.get("digit")) or _text(payload.get("digits"))
         elif kind == EventType.ENDED:
             fields["reason"] = self._end_reason(payload.get("hangup_cause"))
-        elif kind == EventType.SPOKEN and payload.get("status") in SPEAK_INTERRUPTED_STATUSES:
-            return None
+        elif kind == EventType.SPOKEN and _text(payload.get("status")) in SPEAK_INTERRUPTED_STATUSES:
+            return None  # (_text: a non-string status, e.g. a list, is unhashable: found by fuzzing)
         return NormalizedEvent(**fields)
 
     @staticmethod

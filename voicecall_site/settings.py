@@ -96,7 +96,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (daphne, worker, beat, CLI) share the file: wait for locks instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
 else:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
+    # No persistent connections (Django's advice under ASGI). Django runs each sync view in a thread of
+    # its own, so a kept connection is never reused: it stays open until the garbage collector frees
+    # the dead thread's state, and under load PostgreSQL runs out of slots ("too many clients
+    # already", found by bench/webhook_bench.py). ``?conn_max_age=N`` in DATABASE_URL still overrides.
+    DATABASES["default"].setdefault("CONN_MAX_AGE", 0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -116,11 +120,17 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 REDIS_URL = env.str("REDIS_URL", default="")
 
+# redis-py 8's asyncio pool defaults clash with channels-redis: (1) a 5 s socket timeout races
+# channels-redis' 5 s BZPOPMIN, so every idle consumer's receive dies with "Timeout reading from ...";
+# (2) at most 100 connections, and the pool raises instead of waiting, so 128 media streams joining
+# their groups at once fail with "Too many connections". Both set explicitly here.
+CHANNEL_LAYER_REDIS_HOST_OPTIONS = {"socket_timeout": 15, "max_connections": 2000}
+
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {"hosts": [{"address": REDIS_URL, **CHANNEL_LAYER_REDIS_HOST_OPTIONS}]},
         }
     }
 else:
@@ -139,6 +149,15 @@ if CELERY_BROKER_URL == "filesystem://":
         "data_folder_processed": str(_celery_dir / "processed"),
         "control_folder": str(_celery_dir / "control"),
         "store_processed": False,
+    }
+elif CELERY_BROKER_URL.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://")):
+    # Redis has no acks: a task a worker took but never acknowledged (the worker was SIGKILLed) is
+    # handed out again once ``visibility_timeout`` seconds have passed since it was taken. A live
+    # worker also holds countdown/ETA tasks unacknowledged until they run, so the timeout must exceed
+    # the longest countdown we schedule -- ``enforce_max_duration`` waits maxDurationSeconds (300 s by
+    # default) -- or those tasks run twice. Tests set it to a few seconds to see a redelivery.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": env.int("VOICECALL_BROKER_VISIBILITY_TIMEOUT", default=3600),
     }
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True

@@ -21,7 +21,9 @@ leave from one background thread in order, like Telnyx's per-call sequencing:
   ``is_final: false`` result first, then the final one);
 * hangup → ``call.hangup`` (``normal_clearing``).
 
-Everything the fake receives and sends is recorded (``commands``, ``deliveries``) for assertions.
+Everything the fake receives and sends is recorded (``commands``, ``deliveries``) for assertions;
+``idle()`` says whether every queued webhook went out. ``dial_gate`` holds dial requests (a slow
+carrier) so a test can kill the client mid-request.
 """
 
 from __future__ import annotations
@@ -115,6 +117,13 @@ class FakeTelnyx:
         self.answer_outbound = True
         self.unanswered_hangup_cause = "timeout"
         self.send_partial_transcripts = True
+        # A slow carrier: while ``dial_gate`` is clear, dial requests are received (and recorded, and
+        # ``dial_received`` set) but not answered; ``dial_gate.set()`` lets them through. A carrier
+        # does not know its client died, so a held dial is still placed after the client is gone.
+        self.dial_gate = threading.Event()
+        self.dial_gate.set()
+        self.dial_received = threading.Event()
+        self.dial_gate_timeout = 60.0
         self.commands: list[RecordedCommand] = []
         self.deliveries: list[Delivery] = []
         self.calls: dict[str, FakeCall] = {}
@@ -242,6 +251,7 @@ class FakeTelnyx:
         while True:
             item = self._outbox.get()
             if item is None:
+                self._outbox.task_done()
                 return
             call, document = item
             body = self.encode(document)
@@ -259,6 +269,11 @@ class FakeTelnyx:
                 delivery.response = f"{type(exc).__name__}: {exc}"
             with self._lock:
                 self.deliveries.append(delivery)
+            self._outbox.task_done()
+
+    def idle(self) -> bool:
+        """True when every queued webhook has been delivered (or its delivery has failed)."""
+        return self._outbox.unfinished_tasks == 0
 
     # --- scenario helpers -----------------------------------------------------------------------
     def start_inbound(self, from_number: str, to_number: str) -> FakeCall:
@@ -334,6 +349,10 @@ class FakeTelnyx:
         command = RecordedCommand(method, path, action, ccid, body)
         with self._lock:
             self.commands.append(command)
+        if action == "dial":
+            self.dial_received.set()
+            self.dial_gate.wait(self.dial_gate_timeout)  # outside the lock: other requests go on
+        with self._lock:
             status, response = self._dispatch(action, ccid, headers, body)
             command.status = status
         return status, response
@@ -442,11 +461,14 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, response = self.owner.handle(method, self.path, headers, body)
         payload = json.dumps(response).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except OSError:  # the client died while we worked (a killed worker): the call stands
+            self.close_connection = True
 
     def do_POST(self) -> None:
         self._serve("POST")
