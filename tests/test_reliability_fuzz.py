@@ -28,6 +28,7 @@ import base64
 import json
 import uuid
 from collections.abc import Callable
+from urllib.parse import parse_qsl, urlencode
 from dataclasses import dataclass
 
 import pytest
@@ -49,7 +50,9 @@ from providers.twilio_stream import (
     parse_start,
 )
 from tests.conftest import free_port
+from tests.fakes.plivo import FakePlivo
 from tests.fakes.telnyx import FakeTelnyx
+from tests.fakes.twilio import twilio_signature
 
 pytestmark = pytest.mark.django_db
 
@@ -114,6 +117,8 @@ class FuzzTarget:
     #: makes the signer (key pair / auth token holder) that ``document`` and ``sign`` share
     new_signer: Callable[[], object] = lambda: None
     content_type: str = "application/json"
+    #: how an envelope goes on the wire (JSON, or a form body for Twilio and Plivo)
+    encode: Callable[[object], bytes] = _encode
 
 
 def _unreachable_api() -> str:
@@ -208,10 +213,101 @@ def _mock_envelopes(known: dict[str, str]) -> st.SearchStrategy[object]:
     )
 
 
+FORM_PUBLIC_URL = "https://voice.example.test/voice/webhook"  # what the form carriers sign
+
+
+def _form_encode(document: object) -> bytes:
+    """A form body from a fuzzed envelope: dicts become ``k=v`` pairs, anything else a lone value."""
+    if isinstance(document, dict):
+        pairs = [(str(k), v if isinstance(v, str) else json.dumps(v, allow_nan=True)) for k, v in document.items()]
+        return urlencode(pairs, errors="surrogatepass").encode()
+    return (document if isinstance(document, str) else json.dumps(document, allow_nan=True)).encode(
+        "utf-8", "surrogatepass")
+
+
+def _form_params(body: bytes) -> list[tuple[str, str]]:
+    return parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)  # as the server reads it
+
+
+def _form_envelopes(fields: dict[str, st.SearchStrategy[str]]) -> st.SearchStrategy[object]:
+    """Mostly well-shaped callbacks (known keys, sometimes arbitrary text), plus arbitrary forms."""
+    shaped = st.fixed_dictionaries({}, optional={k: st.one_of(v, text) for k, v in fields.items()})
+    loose = st.dictionaries(st.one_of(st.sampled_from(sorted(fields)), text), text, max_size=6)
+    return st.one_of(shaped, shaped, loose, json_values)
+
+
+@dataclass
+class _TwilioSigner:
+    auth_token: str = "fuzz_twilio_auth_token_0123456789"
+
+
+def _twilio_document(signer: _TwilioSigner) -> dict:
+    return {"provider": "twilio", "fromNumber": "+15550001000", "publicUrl": FORM_PUBLIC_URL,
+            "twilio": {"accountSid": "AC" + "0" * 32, "authToken": signer.auth_token,
+                       "apiBaseUrl": _unreachable_api()}}
+
+
+def _twilio_sign(signer: _TwilioSigner, body: bytes) -> dict[str, str]:
+    return {"X-Twilio-Signature": twilio_signature(signer.auth_token, FORM_PUBLIC_URL, _form_params(body))}
+
+
+def _twilio_envelopes(known: dict[str, str]) -> st.SearchStrategy[object]:
+    """Voice webhooks and status callbacks (protocols.md §2) with fuzzed values."""
+    return _form_envelopes({
+        "CallSid": st.one_of(st.just(known["provider_call_id"]), st.just("CA" + "1" * 32)),
+        "AccountSid": st.just("AC" + "0" * 32),
+        "CallStatus": st.sampled_from(["queued", "initiated", "ringing", "in-progress", "completed", "busy",
+                                       "failed", "no-answer", "canceled", "weird"]),
+        "Direction": st.sampled_from(["inbound", "outbound-api", "outbound-dial", "sideways"]),
+        "From": st.sampled_from(["+15557770000", "anonymous", ""]),
+        "To": st.just("+15550001000"),
+        "SpeechResult": text,
+        "Confidence": st.sampled_from(["0.9", "NaN", "-1", "lots"]),
+        "Digits": st.sampled_from(["1", "#", "12*"]),
+        "SequenceNumber": st.integers(-1, 10).map(str),
+    })
+
+
+@dataclass
+class _PlivoSigner:
+    auth_token: str = "fuzz_plivo_auth_token_0123456789"
+
+    def sign(self, body: bytes) -> dict[str, str]:
+        signed = FakePlivo(auth_token=self.auth_token).sign(FORM_PUBLIC_URL, dict(_form_params(body)))
+        signed.pop("Content-Type", None)
+        return signed
+
+
+def _plivo_document(signer: _PlivoSigner) -> dict:
+    return {"provider": "plivo", "fromNumber": "+15550001000", "publicUrl": FORM_PUBLIC_URL,
+            "plivo": {"authId": "MAFUZZFUZZFUZZFUZZFU", "authToken": signer.auth_token,
+                      "apiBaseUrl": _unreachable_api()}}
+
+
+def _plivo_envelopes(known: dict[str, str]) -> st.SearchStrategy[object]:
+    """Answer/hangup/GetInput callbacks (protocols.md §6) with fuzzed values."""
+    return _form_envelopes({
+        "CallUUID": st.one_of(st.just(known["provider_call_id"]), st.uuids().map(str)),
+        "RequestUUID": st.uuids().map(str),
+        "CallStatus": st.sampled_from(["ringing", "in-progress", "completed", "busy", "no-answer", "failed",
+                                       "odd"]),
+        "Direction": st.sampled_from(["inbound", "outbound", "sideways"]),
+        "From": st.sampled_from(["15557770000", "anonymous", ""]),
+        "To": st.just("15550001000"),
+        "Event": st.sampled_from(["StartApp", "Hangup", "Redirect"]),
+        "Speech": text,
+        "Digits": st.sampled_from(["1", "#"]),
+        "HangupCause": st.sampled_from(["NORMAL_CLEARING", "USER_BUSY", "x"]),
+    })
+
+
 FUZZ_TARGETS = [
     FuzzTarget("mock", _mock_document, None, _mock_envelopes),
     FuzzTarget("telnyx", _telnyx_document, _telnyx_sign, _telnyx_envelopes, new_signer=FakeTelnyx),
-    # Twilio / Plivo: FuzzTarget(name, document, sign-with-the-real-algorithm, envelopes, new_signer=...)
+    FuzzTarget("twilio", _twilio_document, _twilio_sign, _twilio_envelopes, new_signer=_TwilioSigner,
+               content_type="application/x-www-form-urlencoded", encode=_form_encode),
+    FuzzTarget("plivo", _plivo_document, lambda signer, body: signer.sign(body), _plivo_envelopes,
+               new_signer=_PlivoSigner, content_type="application/x-www-form-urlencoded", encode=_form_encode),
 ]
 
 
@@ -287,9 +383,14 @@ def test_signed_fuzzed_envelopes_are_parsed_without_5xx_and_unusable_ones_record
     target, signer, config, ids = carrier
     provider = get_provider(config)
 
+    # Raw bytes only for JSON carriers: a form body with repeated keys or broken UTF-8 has no single
+    # "right" signature to fake, and unsigned junk is covered by the test above.
+    bodies = [target.envelopes(ids).map(target.encode), target.envelopes(ids).map(target.encode)]
+    if target.encode is _encode:
+        bodies.append(raw_bodies)
+
     @FUZZ
-    @given(body=st.one_of(target.envelopes(ids).map(_encode), target.envelopes(ids).map(_encode), raw_bodies),
-           extra=headers)
+    @given(body=st.one_of(*bodies), extra=headers)
     def check(body: bytes, extra: dict[str, str]) -> None:
         signed = {**extra, **(target.sign(signer, body) if target.sign else {})}
         before = _ledger()
@@ -314,11 +415,17 @@ def test_signed_then_tampered_bodies_are_refused_and_record_nothing(client, carr
     @FUZZ
     @given(document=target.envelopes(ids), flip=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7))
     def check(document: object, flip: int, bit: int) -> None:
-        body = _encode(document)
+        body = target.encode(document)
+        assume(body)  # an empty form has no byte to flip
         signed = target.sign(signer, body)
         tampered = bytearray(body)
         tampered[flip % len(tampered)] ^= 1 << bit
         assume(bytes(tampered) != body)
+        if target.encode is _form_encode:
+            # Form carriers sign the decoded parameters (as their SDKs do): flipping a bit inside an
+            # invalid UTF-8 sequence that still decodes to the same U+FFFD text changes nothing a
+            # receiver can see, so it is not a tampered request.
+            assume(_form_params(bytes(tampered)) != _form_params(body))
         before = _ledger()
         response = _post(client, target, bytes(tampered), signed)
         assert response.status_code == 401
