@@ -28,5 +28,10 @@ test: venv
 lint: venv
 	$(PY) -m ruff check .
 
+# All benches (figures in bench/README.md); all but audio need PostgreSQL and Redis on 127.0.0.1 and
+# take a few minutes each.
 bench: venv
 	$(PY) bench/audio_bench.py
+	$(PY) bench/media_bench.py
+	$(PY) bench/webhook_bench.py
+	$(PY) bench/placement_bench.py
