@@ -41,6 +41,9 @@ class FakeChatCompletions:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Headers and body go out in separate writes: without this the body waits ~40 ms for a delayed ACK.
+            disable_nagle_algorithm = True
+
             def log_message(self, *args):  # keep test output clean
                 pass
 
