@@ -54,6 +54,7 @@ from calls.security import (
     verification_url,
     verify_twilio_signature,
 )
+from providers import twilio_stream
 from providers.base import (
     CallSnapshot,
     EventType,
@@ -446,6 +447,11 @@ class TwilioProvider(Provider):
             return _xml_reply(empty_twiml())
         if call.is_terminal:
             return _xml_reply(hangup_twiml())
+        # --- media streams (providers/twilio_stream.py; the token is minted by calls/streams.py) ---
+        # A live conversation call is connected to our media stream instead of <Say>/<Gather>; the
+        # stream consumer speaks the pending greeting once the stream starts (fact sheet §3.1, §5.3).
+        if call.stream_token:
+            return twilio_stream.stream_reply(self.config, call.stream_token)
         pause = self.config.outbound.notify_hangup_delay_sec
         if call.initial_message:
             if call.mode == "notify":

@@ -1,0 +1,763 @@
+"""The Twilio media-stream endpoint: one Channels consumer per WebSocket at ``streaming.streamPath``.
+
+What a socket goes through (OpenClaw fact sheet §5; wire format in ``providers/twilio_stream.py``):
+
+1. **Admission** (§5.2). ``streaming.maxConnections`` bounds open sockets (pending + active); over it
+   the upgrade is refused (daphne answers a refused upgrade with HTTP 403 -- it has no way to send
+   upstream's 503). A new socket is *pending* until a valid ``start``: over
+   ``maxPendingConnections`` in total or ``maxPendingConnectionsPerIp`` from its client IP
+   (``calls.security.stream_client_ip``: trusted-proxy rules) it is accepted and closed with 1013;
+   a pending socket without a valid ``start`` within ``preStartTimeoutMs`` is closed with 1008.
+   **All these caps are per daphne process** (the counters live in this module); with N processes
+   behind a load balancer the cluster admits up to N times as many. Only "one stream per call" is
+   cluster-wide (the lease in ``calls/streams.py``).
+2. **start**: the CallSid must belong to a live call and the ``token`` parameter must match the one
+   minted for it (timing-safe); a call that already has a live stream anywhere is refused. All
+   refusals close with 1008. On success the consumer joins the call's channel-layer group, opens the
+   realtime STT session and speaks the pending initial message.
+3. **Frames**: ``media`` goes to STT untouched (mu-law in, no transcoding), ``dtmf`` becomes a
+   ``call.dtmf`` event, ``mark`` confirms an utterance played, ``stop`` ends the stream. Frames over
+   64 KB, binary frames, malformed JSON and malformed base64 are ignored (counted) -- they never end
+   the call.
+4. **Speech out**: a per-stream FIFO of utterances. Synthesis starts when an utterance is queued and
+   audio is sent as soon as the first TTS bytes are converted; 160-byte frames go out on a deadline
+   clock (``next += 0.020`` on the loop clock, so no drift however long the call), with mu-law silence
+   while synthesis has not produced audio yet. A ``mark`` follows each utterance; the utterance counts
+   as played when Twilio echoes it. If more than ``MAX_SEND_BUFFER_BYTES`` sent to the socket have
+   not been taken by the peer (daphne's buffer plus the kernel send queue), the peer is not reading:
+   the socket is closed with 1013 and the reason recorded on the call.
+5. **Barge-in**: when STT reports the caller started speaking, the queue is dropped and ``clear`` sent;
+   utterances that had not played are marked ``interrupted`` in the transcript. Not during the intro
+   of an outbound conversation (then the caller's speech is ignored, as upstream does).
+6. **Disconnect** (``stop`` or close): the lease is released; after ``DISCONNECT_GRACE_S`` without a new
+   stream for the call, the call is ended (``hangup-bot``).
+
+The event loop never blocks: ORM work goes through ``database_sync_to_async`` on a small dedicated
+thread pool (so one slow query cannot stall every stream) and never per frame -- per stream, DB
+jobs run one at a time in order on a job queue, and that queue also carries the final clean-up, so
+it survives the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import functools
+import logging
+import os
+import struct
+import termios
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from calls import services, streams
+from calls.config import VoiceCallConfig, get_config
+from calls.security import ForwardingTrust, stream_client_ip
+from providers.audio import FRAME_SECONDS, silence_frame
+from providers.stt import FinalTranscript, RealtimeTranscriber, SttUnavailable, stt_settings
+from providers.tts import TelephonySynthesizer, TtsError, TtsUnavailable
+from providers.twilio_stream import (
+    MAX_INBOUND_FRAME_BYTES,
+    MalformedFrame,
+    OutboundFrames,
+    dtmf_digit,
+    mark_name,
+    media_payload,
+    parse_frame,
+    parse_start,
+)
+
+logger = logging.getLogger(__name__)
+
+# WebSocket close codes (RFC 6455 §7.4.1) used by upstream for the same situations (§5.2-§5.4).
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008  # missing callSid, unknown call / bad token, duplicate stream, start timeout
+CLOSE_TRY_AGAIN = 1013  # too many pending sockets; send buffer exceeded
+
+#: Send-buffer limit before a socket counts as stuck (fact sheet §5.4: 1 MiB). Overridable for
+#: links known to be slow (and for the back-pressure test) with VOICECALL_STREAM_MAX_SEND_BUFFER.
+MAX_SEND_BUFFER_BYTES = int(os.environ.get("VOICECALL_STREAM_MAX_SEND_BUFFER", str(1024 * 1024)))
+PROBE_EVERY_FRAMES = 5  # check the send buffer every 100 ms of audio (one ioctl)
+MAX_PENDING_UTTERANCES = 8  # fact sheet §5.4 (later): the queue rejects more
+MAX_PACER_LAG_S = 0.2  # behind by more than this (a stalled loop): resynchronise, don't burst
+STT_READY_WAIT_S = 3.0  # the greeting waits this long for STT, so the caller's answer is heard
+DB_THREADS = 16
+
+QUEUE_FULL = f"Telephony TTS queue is full for stream; maxPending={MAX_PENDING_UTTERANCES}"
+STREAM_CLOSING = "Media stream is closing"
+BACKPRESSURE = "Backpressure: send buffer exceeded"
+
+_db_pool = ThreadPoolExecutor(max_workers=DB_THREADS, thread_name_prefix="media-stream-db")
+
+
+def db(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """Run ORM code off the loop, on the stream pool (not Channels' single shared sync thread, where
+    one ``continue`` blocked in an HTTP view would hold up every stream)."""
+    return database_sync_to_async(fn, thread_sensitive=False, executor=_db_pool)
+
+
+_background: set[asyncio.Task] = set()
+
+
+def _spawn(coro: Awaitable[Any], name: str) -> asyncio.Task:
+    """A task that may outlive its consumer (kept referenced until done)."""
+    task = asyncio.get_running_loop().create_task(coro, name=name)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
+
+
+# --------------------------------------------------------------------------------------------------
+# Admission (per process)
+# --------------------------------------------------------------------------------------------------
+
+
+class StreamAdmission:
+    """Socket accounting for this daphne process. Only touched from the event loop thread."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.pending = 0
+        self.pending_by_ip: dict[str, int] = {}
+
+    def open_socket(self, max_connections: int) -> bool:
+        if self.open >= max_connections:
+            return False
+        self.open += 1
+        return True
+
+    def close_socket(self) -> None:
+        self.open = max(0, self.open - 1)
+
+    def add_pending(self, ip: str, max_total: int, max_per_ip: int) -> bool:
+        if self.pending >= max_total or self.pending_by_ip.get(ip, 0) >= max_per_ip:
+            return False
+        self.pending += 1
+        self.pending_by_ip[ip] = self.pending_by_ip.get(ip, 0) + 1
+        return True
+
+    def remove_pending(self, ip: str) -> None:
+        self.pending = max(0, self.pending - 1)
+        left = self.pending_by_ip.get(ip, 0) - 1
+        if left > 0:
+            self.pending_by_ip[ip] = left
+        else:
+            self.pending_by_ip.pop(ip, None)
+
+
+ADMISSION = StreamAdmission()
+
+
+def _client_ip(scope: dict[str, Any], config: VoiceCallConfig) -> str:
+    client = scope.get("client") or (None, None)
+    remote = str(client[0]) if client and client[0] else None
+    headers = {k.decode("latin1"): v.decode("latin1") for k, v in scope.get("headers") or []}
+    return stream_client_ip(remote, headers, ForwardingTrust.from_config(config, remote))
+
+
+def _daphne_protocol(send: Any) -> Any | None:
+    """daphne hands the app ``functools.partial(server.handle_reply, protocol)`` as ``send``: the
+    autobahn/Twisted protocol object of this socket, or None under another ASGI server."""
+    return send.args[0] if isinstance(send, functools.partial) and send.args else None
+
+
+def _send_buffer_probe(send: Any) -> Callable[[], int] | None:
+    """Bytes sent to this socket that the peer has not taken yet: daphne's user-space buffer plus the
+    kernel's send queue.
+
+    daphne's protocol transport is a Twisted ``FileDescriptor`` whose write buffer is ``dataBuffer``
+    (from ``offset``) plus ``_tempDataBuffer`` (``_tempDataLen`` bytes). The kernel queue (Linux
+    ``SIOCOUTQ``: unsent plus unacknowledged bytes) is counted too, because send-buffer autotuning
+    lets the kernel absorb megabytes before Twisted buffers anything. Under another ASGI server, or
+    if those attributes move, there is no probe and back-pressure is not detected (logged once).
+    """
+    transport = getattr(_daphne_protocol(send), "transport", None)
+    if transport is None or not all(hasattr(transport, a) for a in ("dataBuffer", "offset", "_tempDataLen")):
+        return None
+    sock = getattr(transport, "socket", None)
+    outq = getattr(termios, "TIOCOUTQ", None)  # == SIOCOUTQ on Linux
+
+    def kernel_queue() -> int:
+        if sock is None or outq is None:
+            return 0
+        try:
+            return struct.unpack("i", fcntl.ioctl(sock.fileno(), outq, b"\0\0\0\0"))[0]
+        except (OSError, ValueError):
+            return 0
+
+    def buffered() -> int:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen + kernel_queue()
+
+    return buffered
+
+
+_probe_warning_logged = False
+
+
+# --------------------------------------------------------------------------------------------------
+# Speech out
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Utterance:
+    id: str
+    text: str
+    entry_id: int | None
+    initial: bool
+    frames: deque[bytes] = field(default_factory=deque)
+    done: bool = False  # synthesis finished (or failed)
+    error: str | None = None
+    sent: int = 0
+    mark: str = ""
+    task: asyncio.Task | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # audio arrived / synthesis ended
+
+    async def wait_for_audio(self, timeout: float) -> bool:
+        """Whether frames (or the end of synthesis) are there, waiting up to ``timeout`` for them."""
+        self.changed.clear()
+        if self.frames or self.done or timeout <= 0:
+            return bool(self.frames or self.done)
+        try:
+            await asyncio.wait_for(self.changed.wait(), timeout)
+        except TimeoutError:
+            pass
+        return bool(self.frames or self.done)
+
+
+class SendBufferExceeded(Exception):
+    pass
+
+
+class Playback:
+    """One stream's outbound audio: FIFO of utterances, deadline-paced 20 ms frames, marks."""
+
+    def __init__(
+        self,
+        frames: OutboundFrames,
+        send: Callable[[str], Awaitable[None]],
+        synthesizer: TelephonySynthesizer | None,
+        *,
+        on_failed: Callable[[Utterance], None],
+        on_stuck: Callable[[], Awaitable[None]],
+        probe: Callable[[], int] | None,
+    ):
+        self.frames = frames
+        self._send = send
+        self.synthesizer = synthesizer
+        self._on_failed = on_failed
+        self._on_stuck = on_stuck
+        self._probe = probe
+        self.queue: deque[Utterance] = deque()
+        self.awaiting: dict[str, Utterance] = {}  # mark name -> sent utterance not yet confirmed played
+        self._pacer: asyncio.Task | None = None
+        self._silence = frames.media(silence_frame())
+        self.closed = False
+        self.frames_sent = 0
+
+    @property
+    def intro_active(self) -> bool:
+        """The outbound-conversation intro is queued, playing or not yet confirmed played."""
+        return any(u.initial for u in self.queue) or any(u.initial for u in self.awaiting.values())
+
+    def enqueue(self, utterance: Utterance) -> None:
+        if self.closed:
+            raise RuntimeError(STREAM_CLOSING)
+        if len(self.queue) >= MAX_PENDING_UTTERANCES:
+            raise OverflowError(QUEUE_FULL)
+        utterance.task = asyncio.get_running_loop().create_task(self._synthesize(utterance))
+        self.queue.append(utterance)
+        if self._pacer is None:
+            self._pacer = asyncio.get_running_loop().create_task(self._pace())
+
+    async def _synthesize(self, utterance: Utterance) -> None:
+        try:
+            async for frames in self.synthesizer.frames(utterance.text):
+                utterance.frames.extend(frames)
+                utterance.changed.set()
+        except TtsError as exc:
+            utterance.error = str(exc)
+        except Exception as exc:  # a vendor/library bug must not take the stream down
+            logger.exception("TTS failed")
+            utterance.error = f"TTS failed: {type(exc).__name__}"
+        finally:
+            utterance.done = True
+            utterance.changed.set()
+
+    async def _pace(self) -> None:
+        """Send one frame per 20 ms slot while anything is queued.
+
+        Deadlines, not sleeps: ``next_at`` advances by exactly one frame per frame sent, and we sleep
+        until it, so send and scheduling costs never accumulate into drift.
+
+        When a slot is due and the utterance has no audio yet (synthesis starting, or slower than real
+        time), we wait for audio up to one frame period past the due time: audio arriving in that
+        window goes out at once (the clock restarts from it), otherwise a silence frame keeps the
+        line alive. So a fast TTS is heard with no silence queued ahead of it.
+        """
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        try:
+            while self.queue and not self.closed:
+                utterance = self.queue[0]
+                if utterance.frames:
+                    text = self.frames.media(utterance.frames.popleft())
+                    utterance.sent += 1
+                elif utterance.done:
+                    self.queue.popleft()
+                    if utterance.error or utterance.sent == 0:
+                        self._on_failed(utterance)
+                        continue
+                    utterance.mark = f"utt-{utterance.id}"
+                    self.awaiting[utterance.mark] = utterance
+                    await self._send(self.frames.mark(utterance.mark))
+                    continue  # the next utterance starts in this same slot
+                else:
+                    if await utterance.wait_for_audio(next_at + FRAME_SECONDS - loop.time()):
+                        next_at = loop.time()
+                        continue
+                    text = self._silence  # keep-alive while synthesis starts (or falls behind)
+                    next_at = loop.time()
+                await self._send(text)
+                self.frames_sent += 1
+                if (
+                    self._probe is not None
+                    and self.frames_sent % PROBE_EVERY_FRAMES == 0
+                    and self._probe() > MAX_SEND_BUFFER_BYTES
+                ):
+                    raise SendBufferExceeded
+                next_at += FRAME_SECONDS
+                delay = next_at - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -MAX_PACER_LAG_S:
+                    next_at = loop.time()
+        except SendBufferExceeded:
+            self._forget_pacer()
+            await self._on_stuck()
+        finally:
+            self._forget_pacer()
+
+    def _forget_pacer(self) -> None:
+        # A cancelled pacer finishes later than clear() returns: never forget its successor.
+        if self._pacer is asyncio.current_task():
+            self._pacer = None
+
+    def on_mark(self, name: str) -> Utterance | None:
+        """Twilio echoed a mark: that utterance has played (unknown/cleared marks are ignored)."""
+        return self.awaiting.pop(name, None)
+
+    def clear(self) -> list[Utterance]:
+        """Drop everything not yet confirmed played (barge-in, close); returns those utterances."""
+        dropped = list(self.awaiting.values()) + list(self.queue)
+        self.awaiting.clear()
+        self.queue.clear()
+        for utterance in dropped:
+            if utterance.task is not None and not utterance.task.done():
+                utterance.task.cancel()
+        if self._pacer is not None:
+            self._pacer.cancel()
+            self._pacer = None
+        return dropped
+
+    def close(self) -> list[Utterance]:
+        self.closed = True
+        return self.clear()
+
+
+# --------------------------------------------------------------------------------------------------
+# The consumer
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamCounters:
+    media_in: int = 0
+    oversize: int = 0
+    malformed: int = 0
+    binary: int = 0
+
+
+class MediaStreamConsumer(AsyncWebsocketConsumer):
+    """One Twilio media stream. See the module docstring for the lifecycle."""
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        self.cleaned = False
+        self.config = get_config()
+        limits = self.config.streaming
+        self.owner = uuid.uuid4().hex
+        self.client_ip = _client_ip(self.scope, self.config)
+        self.counters = StreamCounters()
+        self.holds_socket = self.pending = self.closing = self.starting = self.call_ended = False
+        self.session: streams.AdmittedStream | None = None
+        self.stream_sid = ""
+        self.prestart_task: asyncio.Task | None = None
+        self.lease_task: asyncio.Task | None = None
+        self.playback: Playback | None = None
+        self.stt: RealtimeTranscriber | None = None
+        self.jobs: asyncio.Queue | None = None
+        self.tts_problem = ""
+        if not ADMISSION.open_socket(limits.max_connections):
+            logger.warning("media stream from %s refused: %d connections open", self.client_ip, ADMISSION.open)
+            await self.close()  # before accept: daphne refuses the upgrade (HTTP 403)
+            return
+        self.holds_socket = True
+        if not ADMISSION.add_pending(self.client_ip, limits.max_pending_connections, limits.max_pending_connections_per_ip):
+            logger.warning("media stream from %s closed: too many pending media stream connections", self.client_ip)
+            await self.accept()
+            await self._close(CLOSE_TRY_AGAIN, "Too many pending media stream connections")
+            return
+        self.pending = True
+        await self.accept()
+        self.prestart_task = asyncio.get_running_loop().create_task(
+            self._prestart_timeout(limits.pre_start_timeout_ms / 1000)
+        )
+
+    async def _prestart_timeout(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if self.session is None and not self.closing:
+            logger.info("media stream from %s closed: start timeout", self.client_ip)
+            await self._close(CLOSE_POLICY, "Start timeout")
+
+    async def _close(self, code: int, reason: str = "") -> None:
+        if self.closing:
+            return
+        self.closing = True
+        protocol = _daphne_protocol(self.base_send)
+        if code != CLOSE_NORMAL and getattr(protocol, "state", None) == getattr(protocol, "STATE_OPEN", object()):
+            # daphne's close goes through autobahn's public sendClose, which only allows 1000 and
+            # 3000-4999; RFC 6455 §7.4.1 defines 1008/1013 for exactly these cases, so send the frame
+            # the way daphne itself sends its 1011 (``sendCloseFrame``). Other servers take the code.
+            protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123] or None, isReply=False)
+            return
+        await self.close(code=code, reason=reason or None)
+
+    def _release_pending(self) -> None:
+        if self.pending:
+            self.pending = False
+            ADMISSION.remove_pending(self.client_ip)
+
+    # --- inbound frames ----------------------------------------------------------------------------
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None:
+            self.counters.binary += 1  # Twilio only sends text frames
+            return
+        if len(text_data) > MAX_INBOUND_FRAME_BYTES or (
+            len(text_data) > MAX_INBOUND_FRAME_BYTES // 4 and len(text_data.encode()) > MAX_INBOUND_FRAME_BYTES
+        ):
+            self.counters.oversize += 1
+            return
+        try:
+            message = parse_frame(text_data)
+        except MalformedFrame:
+            self.counters.malformed += 1
+            return
+        event = message["event"]
+        if event == "media":
+            if self.session is not None and self.stt is not None:
+                payload = media_payload(message)
+                if payload is None:
+                    self.counters.malformed += 1
+                    return
+                self.counters.media_in += 1
+                self.stt.push(payload)
+        elif event == "start":
+            await self._on_start(message)
+        elif event == "mark":
+            self._on_mark(message)
+        elif event == "dtmf":
+            self._on_dtmf(message)
+        elif event == "stop":
+            if self.session is not None:
+                logger.info("media stream %s of call %s stopped", self.stream_sid, self.session.call_id)
+            await self._close(CLOSE_NORMAL)
+        elif event == "connected":
+            logger.debug("media stream from %s connected", self.client_ip)
+
+    async def _on_start(self, message: dict[str, Any]) -> None:
+        if self.session is not None or self.starting or self.closing:
+            return  # one start per socket
+        query = parse_qs((self.scope.get("query_string") or b"").decode("latin1"))
+        start = parse_start(message, (query.get("token") or [None])[0])
+        if start is None:
+            logger.warning("media stream from %s closed: missing callSid", self.client_ip)
+            await self._close(CLOSE_POLICY, "Missing callSid")
+            return
+        self.starting = True
+        group = None
+        try:
+            session = await db(streams.check_start)(call_sid=start.call_sid, token=start.token)
+            # Join the call's group before taking the lease: once the lease says "live stream", a
+            # speak from any process must find us in the group.
+            group = streams.group_name(session.call_id)
+            await self.channel_layer.group_add(group, self.channel_name)
+            await db(streams.take_lease)(session.call_id, self.owner, start.stream_sid)
+        except streams.StreamRefused as exc:
+            logger.warning("media stream %s for %s refused: %s", start.stream_sid, start.call_sid, exc)
+            if group is not None:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            await self._close(CLOSE_POLICY, str(exc))
+            return
+        finally:
+            self.starting = False
+        if self.closing:  # the socket went away (or timed out) while we checked: give the lease back
+            await self.channel_layer.group_discard(group, self.channel_name)
+            await db(streams.release_lease)(session.call_id, self.owner)
+            return
+        self.session = session
+        self.stream_sid = start.stream_sid
+        self._release_pending()
+        if self.prestart_task is not None:
+            self.prestart_task.cancel()
+        self.jobs = asyncio.Queue()
+        _spawn(self._run_jobs(self.jobs), f"stream-jobs {session.call_id}")
+        global _probe_warning_logged
+        probe = _send_buffer_probe(self.base_send)
+        if probe is None and not _probe_warning_logged:
+            _probe_warning_logged = True
+            logger.warning("media streams: no send-buffer probe for this server; back-pressure is not detected")
+        synthesizer = None
+        try:
+            synthesizer = TelephonySynthesizer.from_config(self.config)
+        except TtsUnavailable as exc:
+            self.tts_problem = str(exc)
+            logger.warning("media stream of call %s has no speech output: %s", session.call_id, exc)
+        self.playback = Playback(
+            OutboundFrames(start.stream_sid),
+            self._send_text,
+            synthesizer,
+            on_failed=self._utterance_failed,
+            on_stuck=self._send_buffer_stuck,
+            probe=probe,
+        )
+        try:
+            self.stt = RealtimeTranscriber(
+                stt_settings(self.config),
+                on_speech_start=self._on_speech_start,
+                on_final=self._on_final_transcript,
+                on_partial=self._on_partial_transcript,
+                label=f"call {session.call_id}",
+            )
+            self.stt.start()
+        except SttUnavailable as exc:
+            logger.warning("media stream of call %s has no speech input: %s", session.call_id, exc)
+        self.lease_task = asyncio.get_running_loop().create_task(self._keep_lease())
+        logger.info("media stream %s attached to call %s", start.stream_sid, session.call_id)
+        _spawn(self._deliver_initial_message(), f"stream-greeting {session.call_id}")
+
+    def _on_mark(self, message: dict[str, Any]) -> None:
+        name = mark_name(message)
+        if self.session is None or self.playback is None or name is None:
+            return
+        utterance = self.playback.on_mark(name)
+        if utterance is None:
+            return  # not ours, or echoed after a clear
+        session, sid = self.session, self.stream_sid
+        self._job(lambda: db(streams.record_utterance_played)(
+            call_id=session.call_id, call_sid=session.provider_call_id, stream_sid=sid, mark=name, text=utterance.text
+        ))
+
+    def _on_dtmf(self, message: dict[str, Any]) -> None:
+        digit = dtmf_digit(message)
+        if self.session is None or digit is None:
+            return
+        session, sid, seq = self.session, self.stream_sid, str(message.get("sequenceNumber") or "")
+        self._job(lambda: db(streams.record_dtmf)(
+            call_id=session.call_id, call_sid=session.provider_call_id, stream_sid=sid, sequence=seq, digit=digit
+        ))
+
+    # --- jobs (ORM work, in order, off the loop) --------------------------------------------------------
+    def _job(self, factory: Callable[[], Awaitable[Any]]) -> None:
+        if self.jobs is not None:
+            self.jobs.put_nowait(factory)
+
+    @staticmethod
+    async def _run_jobs(queue: asyncio.Queue) -> None:
+        while True:
+            factory = await queue.get()
+            if factory is None:
+                return
+            try:
+                await factory()
+            except Exception:  # one failed write must not stop the stream's later writes
+                logger.exception("media stream job failed")
+
+    async def _keep_lease(self) -> None:
+        session = self.session
+        while not self.closing:
+            await asyncio.sleep(streams.LEASE_REFRESH_SECONDS)
+            try:
+                held = await db(streams.claim_lease)(session.call_id, self.owner, self.stream_sid)
+            except Exception:
+                logger.exception("media stream lease refresh failed for call %s", session.call_id)
+                continue
+            if not held:
+                logger.warning("media stream %s lost call %s to another stream", self.stream_sid, session.call_id)
+                await self._close(CLOSE_POLICY, streams.DUPLICATE_STREAM)
+                return
+
+    async def _deliver_initial_message(self) -> None:
+        session = self.session
+        if self.stt is not None:
+            try:
+                await asyncio.wait_for(self.stt.ready.wait(), STT_READY_WAIT_S)
+            except TimeoutError:
+                logger.info("greeting of call %s starts before STT is ready", session.call_id)
+        if self.closing:
+            return
+        try:
+            await db(services.deliver_initial_message)(session.call_id)
+        except services.ServiceError as exc:
+            logger.warning("initial message of call %s not delivered: %s", session.call_id, exc)
+
+    # --- speech out -------------------------------------------------------------------------------
+    async def _send_text(self, text: str) -> None:
+        await self.send(text_data=text)
+
+    def _utterance_failed(self, utterance: Utterance) -> None:
+        error = utterance.error or "Telephony stream playback failed: no audio was sent"
+        logger.warning("utterance on call %s not played: %s", self.session.call_id, error)
+        call_id = self.session.call_id
+        ids = [utterance.entry_id] if utterance.entry_id else []
+        self._job(lambda: db(streams.mark_interrupted)(call_id=call_id, entry_ids=ids))
+        self._job(lambda: db(streams.record_stream_error)(call_id=call_id, error=error))
+
+    async def _send_buffer_stuck(self) -> None:
+        logger.warning("media stream %s closed: backpressure, send buffer exceeded", self.stream_sid)
+        call_id = self.session.call_id
+        self._job(lambda: db(streams.record_stream_error)(call_id=call_id, error=BACKPRESSURE))
+        await self._close(CLOSE_TRY_AGAIN, BACKPRESSURE)
+
+    # --- speech in --------------------------------------------------------------------------------
+    async def _on_speech_start(self) -> None:
+        playback = self.playback
+        if playback is None or self.closing:
+            return
+        if playback.intro_active:
+            logger.info("call %s: caller speech during the intro ignored (no barge-in)", self.session.call_id)
+            return
+        dropped = playback.clear()
+        if not dropped:
+            return
+        await self._send_text(playback.frames.clear())
+        ids = [u.entry_id for u in dropped if u.entry_id]
+        call_id = self.session.call_id
+        logger.info("call %s: barge-in, %d utterance(s) dropped", call_id, len(dropped))
+        self._job(lambda: db(streams.mark_interrupted)(call_id=call_id, entry_ids=ids))
+
+    async def _on_final_transcript(self, final: FinalTranscript) -> None:
+        if self.session is None:
+            return
+        if self.playback is not None and self.playback.intro_active:
+            logger.info("call %s: transcript during the intro ignored", self.session.call_id)
+            return
+        session, sid = self.session, self.stream_sid
+        self._job(lambda: db(streams.record_caller_speech)(
+            call_id=session.call_id, call_sid=session.provider_call_id, stream_sid=sid,
+            item_id=final.item_id, text=final.text,
+        ))
+
+    async def _on_partial_transcript(self, text: str) -> None:
+        logger.debug("call %s partial transcript: %s", self.session.call_id if self.session else "?",
+                      text.replace("\n", " ")[:200])
+
+    # --- control messages from other processes (channel layer group of the call) ------------------
+    async def _ack(self, event: dict[str, Any], ok: bool, error: str | None = None) -> None:
+        reply_channel = event.get("reply_channel")
+        if reply_channel:
+            await self.channel_layer.send(reply_channel, {"type": "stream.ack", "id": event.get("id"), "ok": ok, "error": error})
+
+    async def stream_speak(self, event: dict[str, Any]) -> None:
+        if self.playback is None or self.closing:
+            return  # not acknowledged: the sender reports it (a closing stream cannot speak)
+        if self.playback.synthesizer is None:
+            await self._ack(event, False, self.tts_problem)
+            return
+        utterance = Utterance(
+            id=str(event.get("id") or uuid.uuid4().hex), text=str(event.get("text") or ""),
+            entry_id=event.get("entry_id"), initial=bool(event.get("initial")),
+        )
+        try:
+            self.playback.enqueue(utterance)
+        except (OverflowError, RuntimeError) as exc:
+            await self._ack(event, False, str(exc))
+            return
+        await self._ack(event, True)
+
+    async def stream_ping(self, event: dict[str, Any]) -> None:
+        """Liveness check from any process (``streams.ping_stream``)."""
+        if not self.closing:
+            await self._ack(event, True)
+
+    async def stream_hangup(self, event: dict[str, Any]) -> None:
+        """The call was ended elsewhere (carrier hang-up done): close without the reconnect grace."""
+        self.call_ended = True
+        await self._ack(event, True)
+        await self._close(CLOSE_NORMAL)
+
+    # --- the end -----------------------------------------------------------------------------------
+    async def __call__(self, scope, receive, send) -> None:
+        # Clean up even when the application dies (a channel-layer error, a bug): the admission
+        # slots, the lease and the call's grace hang-up must not leak with it.
+        self.cleaned = True  # nothing to clean before websocket_connect ran
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self.cleaned:
+                logger.warning("media stream consumer ended without a disconnect; cleaning up")
+                await self._cleanup(1011)
+
+    async def disconnect(self, code: int) -> None:
+        await self._cleanup(code)
+
+    async def _cleanup(self, code: int) -> None:
+        if self.cleaned:
+            return
+        self.cleaned = True
+        self.closing = True
+        self._release_pending()
+        if self.holds_socket:
+            self.holds_socket = False
+            ADMISSION.close_socket()
+        for task in (self.prestart_task, self.lease_task):
+            if task is not None:
+                task.cancel()
+        session = self.session
+        if session is None:
+            return
+        dropped = self.playback.close() if self.playback is not None else []
+        # Give the lease back first, so a reconnecting stream (any process) can take the call over.
+        try:
+            await db(streams.release_lease)(session.call_id, self.owner)
+        except Exception:  # the lease then simply expires (LEASE_TTL_MS)
+            logger.exception("lease release failed for call %s", session.call_id)
+        if self.stt is not None:
+            await self.stt.close()
+        try:
+            await self.channel_layer.group_discard(streams.group_name(session.call_id), self.channel_name)
+        except Exception:  # the layer may be gone at shutdown; the grace still runs
+            logger.exception("group_discard failed for call %s", session.call_id)
+        ids = [u.entry_id for u in dropped if u.entry_id]
+        grace = not self.call_ended
+        logger.info("media stream %s of call %s closed (code %s; in %d media, %d malformed, %d oversize)",
+                    self.stream_sid, session.call_id, code, self.counters.media_in,
+                    self.counters.malformed, self.counters.oversize)
+
+        async def finish() -> None:
+            if ids:
+                await db(streams.mark_interrupted)(call_id=session.call_id, entry_ids=ids)
+            if grace:
+                await asyncio.sleep(streams.DISCONNECT_GRACE_S)
+                await db(streams.end_call_after_stream_loss)(session.call_id)
+
+        self._job(finish)
+        self.jobs.put_nowait(None)  # the job runner stops after the clean-up
+
