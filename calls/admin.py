@@ -43,7 +43,7 @@ class DurationFilter(admin.SimpleListFilter):
     BUCKETS = {"lt30": (0, 30), "30to120": (30, 120), "120to600": (120, 600), "gt600": (600, None)}
 
     def lookups(self, request, model_admin):
-        return [("lt30", "< 30 s"), ("30to120", "30 s – 2 min"), ("120to600", "2 – 10 min"), ("gt600", "> 10 min")]
+        return [("lt30", "< 30 s"), ("30to120", "30 s - 2 min"), ("120to600", "2 - 10 min"), ("gt600", "> 10 min")]
 
     def queryset(self, request, queryset: QuerySet) -> QuerySet:
         from datetime import timedelta

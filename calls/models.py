@@ -41,7 +41,8 @@ class CallQuerySet(models.QuerySet):
 class Call(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     provider = models.CharField(max_length=16)
-    provider_call_id = models.CharField(max_length=128, null=True, blank=True)
+    # NULL, not "", until the carrier assigns an id: the unique constraint must ignore unplaced calls.
+    provider_call_id = models.CharField(max_length=128, null=True, blank=True)  # noqa: DJ001
     direction = models.CharField(max_length=8, choices=Direction.choices)
     state = models.CharField(max_length=16, choices=STATE_CHOICES, default=CallState.INITIATED.value)
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.NOTIFY)

@@ -1,4 +1,4 @@
-"""The call state machine (OpenClaw fact sheet §2.2–2.3).
+"""The call state machine (OpenClaw fact sheet §2.2-2.3).
 
 ``initiated → ringing → answered → active → speaking ⇄ listening`` and nine terminal states.
 Terminal is sticky, backwards moves are ignored, any live state may end. Kept free of Django so it

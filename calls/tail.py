@@ -43,7 +43,7 @@ def follow_ledger(*, since: int = 25, call_id: str | None = None, poll_ms: int =
     while deadline is None or time.monotonic() < deadline:
         fresh = [(e.received_at, 0, e.id, _event_line(e, as_json)) for e in events.filter(id__gt=last_event).order_by("id")]
         fresh += [(t.timestamp, 1, t.id, _transcript_line(t, as_json)) for t in entries.filter(id__gt=last_entry).order_by("id")]
-        for at, kind, row_id, line in sorted(fresh):
+        for _at, kind, row_id, line in sorted(fresh):
             if kind == 0:
                 last_event = max(last_event, row_id)
             else:

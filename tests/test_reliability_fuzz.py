@@ -28,8 +28,8 @@ import base64
 import json
 import uuid
 from collections.abc import Callable
-from urllib.parse import parse_qsl, urlencode
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings

@@ -6,7 +6,7 @@ import pytest
 
 from calls import services
 from calls.models import Call, TranscriptEntry
-from providers.llm import build_messages, extract_spoken, model_name, Turn
+from providers.llm import Turn, build_messages, extract_spoken, model_name
 from tests.fakes.chat_completions import FakeChatCompletions, ScriptedAnswer
 
 WEBHOOK = "/voice/webhook"

@@ -10,7 +10,14 @@ from calls.models import Call
 from tests.conftest import free_port, wait_until
 from tests.fakes.chat_completions import FakeChatCompletions, ScriptedAnswer
 from tests.fakes.telnyx import FakeTelnyx
-from tests.fakes.twilio import FROM_NUMBER, PUBLIC_ORIGIN, PUBLIC_URL, Callee, running_fake_twilio, twilio_config
+from tests.fakes.twilio import (
+    FROM_NUMBER,
+    PUBLIC_ORIGIN,
+    PUBLIC_URL,
+    Callee,
+    running_fake_twilio,
+    twilio_config,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
