@@ -174,6 +174,20 @@ class Bench:
         fields = Path(f"/proc/{self.daphne.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
+    def daphne_rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.daphne.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    async def _sample_rss(self, peak: list[int], stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], self.daphne_rss_kib())
+            try:
+                await asyncio.wait_for(stop.wait(), 0.05)
+            except TimeoutError:
+                pass
+
     def stop(self) -> None:
         for proc in (getattr(self, "daphne", None), getattr(self, "fakes", None)):
             if proc is None or proc.poll() is not None:
@@ -215,10 +229,17 @@ class Bench:
         await asyncio.to_thread(self.set_tts_ms, int(seconds * 1000))
         calls = await asyncio.to_thread(self.new_calls, count, f"Pacing run with {count} streams")
         clients = [self.client_for(call, token) for call, token in calls]
+        # Memory per stream: daphne's resident set while N streams play, over its size just before.
+        # Python keeps freed memory, so a later pass at the same N reuses earlier growth; the largest
+        # growth over the passes is reported.
+        rss_before, rss_peak, sampling = self.daphne_rss_kib(), [0], asyncio.Event()
+        sampler = asyncio.create_task(self._sample_rss(rss_peak, sampling))
         cpu_before, wall_before, own_before = self.daphne_cpu_s(), time.perf_counter(), time.process_time()
         await asyncio.gather(*(c.open() for c in clients))
         timeout = seconds * 4 + 30
         await asyncio.wait_for(asyncio.gather(*(c.mark_event.wait() for c in clients)), timeout)
+        sampling.set()
+        await sampler
         wall = time.perf_counter() - wall_before
         cpu_share = (self.daphne_cpu_s() - cpu_before) / wall
         client_share = (time.process_time() - own_before) / wall
@@ -241,6 +262,7 @@ class Bench:
             "gap_p50": percentile(gaps, 50), "gap_p99": percentile(gaps, 99), "gap_max": max(gaps),
             "jit_p50": percentile(jitter, 50), "jit_p99": percentile(jitter, 99), "jit_max": max(jitter),
             "drift_max": max(abs(d) for d in drifts), "cpu": cpu_share, "client_cpu": client_share,
+            "rss_before_kib": rss_before, "rss_growth_kib": max(0, rss_peak[0] - rss_before),
             "steady_s": max(0.0, window[1] - window[0]), "steady_gaps": len(steady),
             "steady_p99": percentile(steady_jitter, 99) if steady else float("nan"),
             "steady_max": max(steady_jitter) if steady else float("nan"),
@@ -313,12 +335,14 @@ def ms(value: float) -> str:
 async def run(bench: Bench) -> None:
     counts = [int(n) for n in bench.args.streams.split(",")]
     best: dict[int, dict] = {}
+    growth: dict[int, int] = {}
     for _ in range(bench.args.passes):  # passes interleaved, so a load spike hits one pass of each
         for count in counts:
             if bench.left() < 40 + (bench.args.drift_seconds or 0):
                 print(f"(skipping a {count}-stream pass: time budget)")
                 continue
             result = await bench.pacing(count)
+            growth[count] = max(growth.get(count, 0), result["rss_growth_kib"])
             if count not in best or result["jit_p99"] < best[count]["jit_p99"]:
                 best[count] = result
             await asyncio.sleep(2.5)  # let the previous run's streams close and their calls end
@@ -347,6 +371,14 @@ async def run(bench: Bench) -> None:
         print(f"\nOne stream, {r['seconds']:g} s utterance ({r['frames']} frames): drift {ms(r['drift_max'])} ms, "
               f"gap p50 {ms(r['gap_p50'])} / p99 {ms(r['gap_p99'])} / max {ms(r['gap_max'])} ms, "
               f"jitter p99 {ms(r['jit_p99'])} ms")
+    print("\nCPU and memory per stream (daphne process; CPU over the whole run incl. admission and TTS start; "
+          "memory = largest resident-set growth while the N streams played, over the size just before):\n")
+    print("| streams | CPU % of a core | CPU per stream % | RSS before MiB | RSS growth MiB | RSS per stream KiB |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        n, g = r["streams"], growth.get(r["streams"], 0)
+        print(f"| {n} | {r['cpu'] * 100:.0f} | {r['cpu'] * 100 / n:.2f} | {r['rss_before_kib'] / 1024:.0f} "
+              f"| {g / 1024:.1f} | {g / n:.0f} |")
     print("\nSteady state only (gaps while all N streams were playing, after the last one started):\n")
     print("| streams | window s | gaps | jitter p99 ms | jitter max ms | p99 / 1-stream |")
     print("|---:|---:|---:|---:|---:|---:|")
