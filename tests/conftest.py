@@ -16,6 +16,7 @@ import pytest
 from django.conf import settings
 
 from calls.config import VoiceCallConfig, config_from_dict, set_config
+from tests.fakes.polling import wait_until  # noqa: F401 - re-exported for the tests
 from voicecall_site.celery import app as celery_app
 
 REPO = Path(__file__).resolve().parent.parent
@@ -176,13 +177,3 @@ def run_cli(config_path: Path, *args: str, extra_env: dict[str, str] | None = No
     )
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.1):
-    """Poll until ``predicate()`` is truthy (bounded); returns its value or fails the test."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(interval)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
 from calls.models import Call, TranscriptEntry
 from tests.conftest import REPO, child_env, free_port, write_config
+from tests.fakes.polling import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -34,13 +34,7 @@ def run_cli(args, config_path, tmp_path, *, extra=None, timeout=60):
 
 
 def wait_for(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(predicate, timeout, what=what)
 
 
 @pytest.fixture

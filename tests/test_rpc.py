@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import stat
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -20,6 +19,7 @@ from django.utils import timezone
 from calls import continue_operations, services
 from calls.models import Call, ContinueOperation, TranscriptEntry
 from tests.factories import AnsweredCallFactory
+from tests.fakes.polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -54,13 +54,7 @@ def say(client, call, text, event_id):
 
 
 def wait_for(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(predicate, timeout, what=what)
 
 
 def pending_turn(call):

@@ -25,7 +25,6 @@ import base64
 import contextlib
 import json
 import threading
-import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -34,6 +33,8 @@ from typing import Any
 
 import numpy as np
 from aiohttp import WSMsgType, web
+
+from tests.fakes.polling import wait_until
 
 API_KEY = "sk-fake-openai-key-0123456789"
 PCM_RATE = 24000
@@ -145,13 +146,7 @@ class FakeOpenAI:
             return [s for s in self.sessions if s.ws is not None and not s.ws.closed]
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}")
+        return wait_until(predicate, timeout, what=what)
 
     def _call(self, coro) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)

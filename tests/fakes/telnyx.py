@@ -47,6 +47,8 @@ from urllib.parse import unquote, urlsplit
 import requests
 from nacl.signing import SigningKey
 
+from tests.fakes.polling import wait_until
+
 DEFAULT_API_KEY = "KEY0123FAKEtelnyxSECRET"
 DEFAULT_CONNECTION_ID = "1494404757140276705"
 DEFAULT_REPLIES = ("Yes, I can hear you.", "Tomorrow at three works for me.", "Thanks, goodbye.")
@@ -308,15 +310,7 @@ class FakeTelnyx:
 
     @staticmethod
     def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
-        """Poll until ``predicate()`` is truthy; raise AssertionError after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout}s")
-            time.sleep(interval)
+        return wait_until(predicate, timeout, interval=interval)
 
     # --- REST behaviour -------------------------------------------------------------------------
     def _new_call(

@@ -46,6 +46,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 
+from tests.fakes.polling import wait_until
+
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "fake_twilio_auth_token_0123456789"
 API_VERSION = "2010-04-01"
@@ -210,13 +212,7 @@ class FakeTwilio:
 
     # --- assertions helpers ----------------------------------------------------------------------
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}; fake errors: {self.errors}")
+        return wait_until(predicate, timeout, what=what, detail=lambda: f"fake errors: {self.errors}")
 
     def updates(self, sid: str | None = None) -> list[RestRequest]:
         with self._lock:

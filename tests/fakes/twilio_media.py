@@ -14,13 +14,14 @@ import base64
 import json
 import socket
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+
+from tests.fakes.polling import wait_until
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 
@@ -176,14 +177,8 @@ class TwilioMediaStream:
         return [f for f in frames if dominant_byte(f) == level_byte]
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.01)
-        raise AssertionError(f"timed out waiting for {what}; received {len(self.events)} frames, "
-                             f"close code {self.close_code}")
+        return wait_until(predicate, timeout, interval=0.01, what=what,
+                          detail=lambda: f"received {len(self.events)} frames, close code {self.close_code}")
 
     def wait_closed(self, timeout: float = 20.0) -> int | None:
         if not self.closed.wait(timeout):
