@@ -37,7 +37,7 @@ from calls.models import (
     WebhookReceipt,
 )
 from calls.notify import call_update_waiter, publish_call_update
-from calls.state import CONNECTED_STATES, END_REASONS, LIVE_STATES, CallState, is_terminal, next_state
+from calls.state import CONNECTED_STATES, END_REASONS, CallState, next_state
 from providers import get_provider
 from providers.base import (
     CallSnapshot,
@@ -312,7 +312,6 @@ class EventOutcome:
     call: Call | None = None
     user_transcript: str | None = None
     consumed_by_turn: bool = False
-    follow_ups: list[str] = field(default_factory=list)
 
 
 def inbound_allowed(from_number: str | None, config: VoiceCallConfig | None = None) -> bool:
@@ -1277,10 +1276,3 @@ def latency_report(last: int = 200) -> dict[str, Any]:
         "replyTotal": _summary(reply_total),
     }
 
-
-def live_states() -> list[str]:
-    return sorted(s.value for s in LIVE_STATES)
-
-
-def is_call_terminal(state: str) -> bool:
-    return is_terminal(state)
