@@ -44,6 +44,7 @@ import uuid
 from pathlib import Path
 
 import websockets
+from bench_support import free_port, percentile, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -51,14 +52,6 @@ sys.path.insert(0, str(REPO))
 TIME_BUDGET_S = 170.0
 FRAME_S = 0.020
 SILENCE_BYTE = 0xFF
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 class StreamClient:
@@ -140,7 +133,7 @@ class Bench:
         )
         fakes = json.loads(self.fakes.stdout.readline())
         self.set_tts_ms(int(self.args.seconds * 1000))
-        self.port = _free_port()
+        self.port = free_port()
         document = {
             **fakes["twilio"],
             "maxConcurrentCalls": 1000,
@@ -160,7 +153,7 @@ class Bench:
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "voicecall_site.asgi:application"],
             cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
-        _wait_for_port(self.port, self.daphne)
+        wait_for_port(self.port, self.daphne)
         import django
 
         django.setup()
@@ -304,28 +297,6 @@ class Bench:
             "first_any": (statistics.median(first_any), percentile(first_any, 95)),
             "first_audio": (statistics.median(first_audio), percentile(first_audio, 95)),
         }
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("daphne exited")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError("daphne did not start")
 
 
 def ms(value: float) -> str:

@@ -42,7 +42,6 @@ tables for bench/README.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -59,6 +58,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from bench_support import admin_connect, cpu_model, percentile, process_cpu_s, release_throwaway_stores
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -74,7 +75,6 @@ WORKER_CONFIGS = (  # (label, threads, database connections reused across tasks)
 )
 DB_REUSE_ENV = "PLACEMENT_BENCH_DB_REUSE_MAX"
 DB_REUSE_MAX = 1000
-CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,13 +194,6 @@ class NoopListener:
 # --------------------------------------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))]
-
-
 @dataclass
 class Shape:
     """One sequential or burst pass of one task kind."""
@@ -229,29 +222,6 @@ class ConfigResult:
 def _better(shape: str, measured: Shape, best: Shape) -> bool:
     """Sequential passes are ranked by p50 latency, bursts by throughput."""
     return measured.p(50) < best.p(50) if shape == "sequential" else measured.rate > best.rate
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system seconds of ``pid`` (all threads), from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def admin_connect(pg_url: str):
-    import psycopg
-
-    return psycopg.connect(pg_url, autocommit=True, connect_timeout=10)
 
 
 class Bench:
@@ -341,18 +311,8 @@ class Bench:
             self.listener.stop()
         if self.fake is not None:
             self.fake.stop()
-        with contextlib.suppress(Exception):
-            from django.db import connections
-
-            connections.close_all()
-        with contextlib.suppress(Exception):
-            import redis
-
-            redis.Redis.from_url(self.args.redis_url).flushdb()
-        if self.db_created:
-            self.admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-        if self.admin is not None:
-            self.admin.close()
+        release_throwaway_stores(admin=self.admin, db_name=self.db_name, db_created=self.db_created,
+                                 redis_url=self.args.redis_url)
         if self.args.keep_logs:
             print(f"logs kept in {self.tmp}")
         else:

@@ -58,7 +58,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -70,6 +69,16 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
+
+from bench_support import (
+    admin_connect,
+    cpu_model,
+    free_port,
+    percentile,
+    release_throwaway_stores,
+    stop_process,
+    wait_for_port,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -142,13 +151,6 @@ class PassResult:
 
     def p(self, q: float) -> float:
         return percentile(self.latencies, q)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -365,41 +367,6 @@ class StatusCallbacks:
 # --------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process on port {port} exited with {proc.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
-
-
-def stop_process(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
-def admin_connect(pg_url: str):
-    import psycopg
-
-    return psycopg.connect(pg_url, autocommit=True, connect_timeout=10)
-
-
 def server_versions(pg_url: str, redis_url: str) -> tuple[str, str]:
     import redis
 
@@ -411,14 +378,6 @@ def server_versions(pg_url: str, redis_url: str) -> tuple[str, str]:
     finally:
         client.close()
     return pg, rv
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 # A settings module for the optional ``--db-pool`` daphne: Django 5.1+'s psycopg connection pool
@@ -571,18 +530,8 @@ class Bench:
             log.close()
         if self.fake is not None:
             self.fake.stop()
-        with contextlib.suppress(Exception):
-            from django.db import connections
-
-            connections.close_all()
-        with contextlib.suppress(Exception):
-            import redis
-
-            redis.Redis.from_url(self.args.redis_url).flushdb()
-        if self.db_created:
-            self.admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-        if self.admin is not None:
-            self.admin.close()
+        release_throwaway_stores(admin=self.admin, db_name=self.db_name, db_created=self.db_created,
+                                 redis_url=self.args.redis_url)
         if self.args.keep_logs:
             print(f"logs kept in {self.tmp}")
         else:
