@@ -197,7 +197,7 @@ class Bench:
     def new_calls(self, count: int, greeting: str | None) -> list:
         from django.utils import timezone
 
-        from calls import streams
+        from calls.media import control as streams
         from calls.models import Call
 
         calls = []
@@ -263,7 +263,8 @@ class Bench:
 
     # --- (c) speak -> first frame ------------------------------------------------------------------
     async def latency(self, speaks: int) -> dict:
-        from calls import services, streams
+        from calls import services
+        from calls.media import control as streams
 
         await asyncio.to_thread(self.set_tts_ms, 200)
         (call, token), = await asyncio.to_thread(self.new_calls, 1, None)

@@ -7,6 +7,14 @@ class CallsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Side effects leave the domain through its port (calls.services.effects): bind it to the
+        # Celery tasks and the media layer here, once per process, before any request is served.
+        from calls import tasks
+        from calls.media import control
+
+        tasks.register_effect_handlers()
+        control.register()
+
         # Behind a tunnel or proxy, webhooks keep the public Host: admit the publicUrl host and
         # webhookSecurity.allowedHosts. A broken config must not stop manage.py itself from running
         # (``voicecall setup`` reports it), so errors are left to the commands that need the config.

@@ -1,4 +1,9 @@
-"""Celery tasks: a thin interface over ``calls/services.py`` (each task is one service call)."""
+"""Celery tasks: a thin interface over ``calls.services`` (each task is one service call).
+
+The module also registers each task as the handler of its domain effect
+(``calls.services.effects``): services record an effect after commit, and it is queued here. Task
+names stay ``calls.tasks.<name>``: messages already in a broker keep routing across upgrades.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import logging
 from celery import shared_task
 
 from calls import services
+from calls.services import effects
+from calls.services.effects import Effect
 from providers.base import ProviderError
 
 logger = logging.getLogger(__name__)
@@ -82,3 +89,29 @@ def generate_reply(call_id: str, user_entry_id: int) -> None:
         services.generate_reply(call_id, user_entry_id)
     except services.ServiceError as exc:
         logger.warning("auto-reply on call %s not spoken: %s", call_id, exc)
+
+
+def _queue(task) -> effects.Handler:
+    def handler(args: tuple, delay: float | None) -> None:
+        if delay:
+            task.apply_async(args, countdown=delay)
+        else:
+            task.delay(*args)
+
+    return handler
+
+
+def register_effect_handlers() -> None:
+    """Every effect the domain records is queued as its Celery task (``calls.apps`` calls this)."""
+    for effect, task in {
+        Effect.PLACE_CALL: place_call,
+        Effect.DELIVER_INITIAL_MESSAGE: deliver_initial_message,
+        Effect.START_LISTENING: start_listening,
+        Effect.HANG_UP_AFTER_NOTIFY: hang_up_after_notify,
+        Effect.ENFORCE_MAX_DURATION: enforce_max_duration,
+        Effect.REJECT_INBOUND_CALL: reject_inbound_call,
+        Effect.HANG_UP_STRAY_LEG: hang_up_stray_leg,
+        Effect.ANSWER_INBOUND_CALL: answer_inbound_call,
+        Effect.GENERATE_REPLY: generate_reply,
+    }.items():
+        effects.register(effect, _queue(task))

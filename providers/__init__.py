@@ -1,4 +1,8 @@
-"""Carrier and vendor adapters. ``get_provider`` builds the configured carrier's adapter."""
+"""Carrier and vendor adapters. ``get_provider`` builds the configured carrier's adapter.
+
+Everything in this package translates wire formats; nothing here touches the ORM or imports
+``calls``. Adapters are given a ``providers.settings.ProviderSettings``.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from calls.config import VoiceCallConfig
     from providers.base import Provider
+    from providers.settings import ProviderSettings
 
 PROVIDER_CLASSES: dict[str, str] = {
     "mock": "providers.mock:MockProvider",
@@ -26,16 +30,12 @@ def provider_class(name: str) -> type[Provider]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def get_provider(config: VoiceCallConfig | None = None) -> Provider:
-    """The adapter for the configured carrier, one per config object (adapters keep HTTP sessions)."""
-    if config is None:
-        from calls.config import get_config
-
-        config = get_config()
+def get_provider(settings: ProviderSettings) -> Provider:
+    """The adapter for these settings' carrier, one per settings object (adapters keep HTTP sessions)."""
     with _lock:
-        provider = _cache.get(id(config))
-        if provider is None or provider.config is not config:
-            provider = provider_class(config.provider)(config)
+        provider = _cache.get(id(settings))
+        if provider is None or provider.settings is not settings:
+            provider = provider_class(settings.provider)(settings)
             _cache.clear()
-            _cache[id(config)] = provider
+            _cache[id(settings)] = provider
         return provider

@@ -16,8 +16,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from calls.config import VoiceCallConfig
-    from calls.security import WebhookRequest
+    from providers.security import WebhookRequest
+    from providers.settings import ProviderSettings
 
 
 class EventType(enum.StrEnum):
@@ -178,8 +178,8 @@ class Provider:
     #: listening only then, so the bot does not transcribe itself (Telnyx)
     reports_playback_end: ClassVar[bool] = False
 
-    def __init__(self, config: VoiceCallConfig):
-        self.config = config
+    def __init__(self, settings: ProviderSettings):
+        self.settings = settings
 
     # --- webhooks -------------------------------------------------------------------------------
     def verify_webhook(self, request: WebhookRequest) -> VerifyResult:

@@ -73,8 +73,8 @@ class MockProvider(Provider):
     name = "mock"
     supports_dtmf = True
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, settings):
+        super().__init__(settings)
         self._timers: dict[str, list[threading.Timer]] = {}
         self._lock = threading.Lock()
 
@@ -135,7 +135,7 @@ class MockProvider(Provider):
     # --- commands -------------------------------------------------------------------------------
     def initiate_call(self, request: OutboundCallRequest) -> PlacedCall:
         provider_call_id = f"mock-{request.call_id}"
-        callee = self.config.mock
+        callee = self.settings.mock
         if callee.auto_answer:
             self._schedule(
                 request.call_id,
@@ -153,7 +153,7 @@ class MockProvider(Provider):
             self.start_listening(call, turn_token=turn_token)
 
     def start_listening(self, call: CallSnapshot, *, turn_token: str | None) -> None:
-        callee = self.config.mock
+        callee = self.settings.mock
         if not callee.auto_answer or call.direction != "outbound":
             return
         turn = int(call.metadata.get("userTurns", 0) or 0)  # how many lines the callee has said
@@ -192,7 +192,7 @@ class MockProvider(Provider):
         timer.start()
 
     def _deliver(self, call_id: str, events: list[dict[str, Any]]) -> None:
-        url = self.config.webhook_url()
+        url = self.settings.webhook_url
         try:
             response = requests.post(url, json={"events": events}, timeout=10)
             if response.status_code >= 400:

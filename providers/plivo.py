@@ -98,14 +98,6 @@ from urllib.parse import parse_qs, parse_qsl, quote, urlencode, urlparse, urlspl
 import requests
 from plivo import plivoxml
 
-from calls.security import (
-    ForwardingTrust,
-    WebhookRequest,
-    header,
-    redact_url,
-    url_port_variants,
-    verification_url,
-)
 from providers.base import (
     CallSnapshot,
     EventType,
@@ -119,6 +111,15 @@ from providers.base import (
     VerifyResult,
     WebhookParseError,
     WebhookReply,
+)
+from providers.security import (
+    ForwardingTrust,
+    WebhookRequest,
+    has_form_body,
+    header,
+    redact_url,
+    url_port_variants,
+    verification_url,
 )
 
 logger = logging.getLogger(__name__)
@@ -134,7 +135,6 @@ V3_NONCE_HEADER = "X-Plivo-Signature-V3-Nonce"
 V2_SIGNATURE_HEADER = "X-Plivo-Signature-V2"
 V2_NONCE_HEADER = "X-Plivo-Signature-V2-Nonce"
 SIGNATURE_BYTES = 32  # HMAC-SHA256
-FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 XML_CONTENT_TYPE = "text/xml"
 
 
@@ -324,11 +324,6 @@ def _form_params(request: WebhookRequest) -> dict[str, list[str]]:
     return params
 
 
-def _is_form(request: WebhookRequest) -> bool:
-    content_type = (header(request, "Content-Type") or "").split(";", 1)[0].strip().lower()
-    return content_type in ("", FORM_CONTENT_TYPE)
-
-
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -352,9 +347,9 @@ class PlivoProvider(Provider):
     supports_dtmf = True
     reports_playback_end = False
 
-    def __init__(self, config):
-        super().__init__(config)
-        plivo_cfg = config.plivo
+    def __init__(self, settings):
+        super().__init__(settings)
+        plivo_cfg = settings.plivo
         if not plivo_cfg.auth_id or not plivo_cfg.auth_token:
             raise ValueError("plivo.authId and plivo.authToken are required for provider plivo")
         self._auth_token = plivo_cfg.auth_token
@@ -380,7 +375,7 @@ class PlivoProvider(Provider):
         candidates = self._candidate_urls(request)
         if v3 and v3_nonce:
             offered = [sig for sig in (_canonical_signature(s) for s in v3.split(",")) if sig is not None]
-            params = _form_params(request) if method == "POST" and _is_form(request) else {}
+            params = _form_params(request) if method == "POST" and has_form_body(request) else {}
             for url in candidates:
                 base = v3_base_string(method, url, params)
                 expected = _b64_hmac_sha256(self._auth_token, f"{base}.{v3_nonce}")
@@ -395,12 +390,12 @@ class PlivoProvider(Provider):
         return VerifyResult(False, REASON_V2_MISMATCH.format(url=redact_url(candidates[0])))
 
     def _public_request_url(self, request: WebhookRequest) -> str:
-        trust = ForwardingTrust.from_config(self.config, request.remote_addr)
-        return verification_url(request, trust, self.config.public_url)
+        trust = ForwardingTrust.for_request(self.settings.webhook_trust, request.remote_addr)
+        return verification_url(request, trust, self.settings.public_url)
 
     def _candidate_urls(self, request: WebhookRequest) -> list[str]:
         return url_port_variants(
-            self._public_request_url(request), public_url=self.config.public_url, host_header=header(request, "Host")
+            self._public_request_url(request), public_url=self.settings.public_url, host_header=header(request, "Host")
         )
 
     # --- webhooks: parsing and replies ------------------------------------------------------------
@@ -449,7 +444,7 @@ class PlivoProvider(Provider):
     def _body_params(request: WebhookRequest) -> dict[str, str]:
         if request.method.upper() != "POST" or not request.body:
             return {}
-        if not _is_form(request):
+        if not has_form_body(request):
             raise WebhookParseError("Plivo callbacks are form-encoded")
         try:
             text = request.body.decode("utf-8")
@@ -530,7 +525,7 @@ class PlivoProvider(Provider):
         if call.mode != "conversation":
             if message:
                 response.add(plivoxml.SpeakElement(message, language=language))
-                delay = self.config.outbound.notify_hangup_delay_sec
+                delay = self.settings.notify_hangup_delay_sec
                 if delay > 0:
                     response.add(plivoxml.WaitElement(length=delay))
             response.add(plivoxml.HangupElement())
@@ -703,7 +698,7 @@ class PlivoProvider(Provider):
             "hangup_method": "POST",
             "hangup_on_ring": request.ring_timeout_seconds,
             "ring_timeout": request.ring_timeout_seconds,
-            "time_limit": self.config.max_duration_seconds + TIME_LIMIT_MARGIN_SECONDS,
+            "time_limit": self.settings.max_duration_seconds + TIME_LIMIT_MARGIN_SECONDS,
         }
         document = self._request("make call", "POST", "/Call/", json_body=body) or {}
         request_uuid = document.get("request_uuid")

@@ -41,7 +41,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 if TYPE_CHECKING:
-    from calls.config import VoiceCallConfig
+    from providers.settings import ProviderSettings
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +83,9 @@ class SttSettings:
     language: str | None = None
 
 
-def stt_settings(config: VoiceCallConfig, env: Mapping[str, str] | None = None) -> SttSettings:
+def stt_settings(settings: ProviderSettings, env: Mapping[str, str] | None = None) -> SttSettings:
     env = os.environ if env is None else env
-    streaming = config.streaming
+    streaming = settings.streaming
     name = (streaming.provider or "openai").strip().lower()
     if name not in SUPPORTED_PROVIDERS:
         raise SttUnavailable(UNSUPPORTED_PROVIDER.format(name=name))

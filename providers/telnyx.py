@@ -54,7 +54,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from calls.security import header
 from providers.base import (
     CallSnapshot,
     EventType,
@@ -69,6 +68,8 @@ from providers.base import (
     WebhookParseError,
     WebhookReply,
 )
+from providers.security import header
+from providers.settings import configured_voice
 
 logger = logging.getLogger(__name__)
 
@@ -274,6 +275,11 @@ def _text(value: Any) -> str | None:
 # --- the provider --------------------------------------------------------------------------------
 
 
+def _telnyx_speaks(voice: str) -> bool:
+    """A voice name Telnyx's speak command accepts (basic voices and engine-prefixed ones)."""
+    return voice in BASIC_VOICES or voice.startswith(VOICE_ENGINE_PREFIXES)
+
+
 class TelnyxProvider(Provider):
     """Telnyx Call Control v2 adapter. ``clock`` (seconds since the epoch) is injectable for tests."""
 
@@ -285,10 +291,10 @@ class TelnyxProvider(Provider):
     reports_playback_end = True
     supports_dtmf = False  # as upstream: outbound DTMF is Twilio/mock only (fact sheet §8.6)
 
-    def __init__(self, config, *, clock: Callable[[], float] = time.time):
-        super().__init__(config)
+    def __init__(self, settings, *, clock: Callable[[], float] = time.time):
+        super().__init__(settings)
         self.clock = clock
-        telnyx = config.telnyx
+        telnyx = settings.telnyx
         self.api_base = telnyx.api_base_url.rstrip("/") + API_VERSION_PATH
         self._api_key = telnyx.api_key or ""
         self._connection_id = telnyx.connection_id or ""
@@ -302,7 +308,7 @@ class TelnyxProvider(Provider):
                 self._verify_key = load_public_key(public_key)
             except ValueError as exc:
                 self._key_problem = str(exc)
-        if self._key_problem and not config.skip_signature_verification:
+        if self._key_problem and not settings.skip_signature_verification:
             # Not fatal here (the CLI and status still work), but every webhook will be refused.
             logger.error("telnyx webhooks will be rejected: %s", self._key_problem)
         self._session = requests.Session()
@@ -531,28 +537,13 @@ class TelnyxProvider(Provider):
         return quote(call_control_id, safe=":-_.~")
 
     def _voice_and_language(self) -> tuple[str, str]:
-        tts = self.config.effective_tts() or {}
-        provider_name = tts.get("provider") or "openai"
-        providers = tts.get("providers") if isinstance(tts.get("providers"), dict) else {}
-        candidates = [
-            providers.get("telnyx"),
-            tts.get("telnyx"),
-            providers.get(provider_name),
-            tts.get(provider_name),
-        ]
-        voice = DEFAULT_VOICE
-        for section in candidates:
-            if not isinstance(section, dict):
-                continue
-            value = section.get("voice") or section.get("voiceId")
-            if isinstance(value, str) and (value in BASIC_VOICES or value.startswith(VOICE_ENGINE_PREFIXES)):
-                voice = value
-                break
+        tts = self.settings.effective_tts() or {}
+        voice = configured_voice(tts, prefer=("telnyx",), accept=_telnyx_speaks) or DEFAULT_VOICE
         language = tts.get("locale") or tts.get("language")
         return voice, language if isinstance(language, str) and language else DEFAULT_SPEAK_LANGUAGE
 
     def _transcription_language(self) -> str:
-        tts = self.config.effective_tts() or {}
+        tts = self.settings.effective_tts() or {}
         language = tts.get("language") or tts.get("locale")
         if isinstance(language, str) and language:
             return language.split("-", 1)[0].lower()

@@ -41,7 +41,7 @@ import aiohttp
 from providers.audio import MulawFramer, PcmToMulawFrames
 
 if TYPE_CHECKING:
-    from calls.config import VoiceCallConfig
+    from providers.settings import ProviderSettings
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +115,10 @@ def _vendor_section(tts: Mapping[str, Any], name: str) -> dict[str, Any]:
     return merged
 
 
-def telephony_tts_settings(config: VoiceCallConfig, env: Mapping[str, str] | None = None) -> TtsSettings:
+def telephony_tts_settings(settings: ProviderSettings, env: Mapping[str, str] | None = None) -> TtsSettings:
     """The vendor settings for call audio, or ``TtsUnavailable`` saying why there are none."""
     env = os.environ if env is None else env
-    tts = config.effective_tts() or {}
+    tts = settings.effective_tts() or {}
     name = str(tts.get("provider") or "openai").strip().lower()
     if name in NO_TELEPHONY_OUTPUT:
         raise TtsUnavailable(EDGE_REFUSED)
@@ -164,10 +164,10 @@ def telephony_tts_settings(config: VoiceCallConfig, env: Mapping[str, str] | Non
     )
 
 
-def telephony_tts_problem(config: VoiceCallConfig) -> str | None:
+def telephony_tts_problem(settings: ProviderSettings) -> str | None:
     """Why call audio cannot be synthesized with this config, or None when it can."""
     try:
-        telephony_tts_settings(config)
+        telephony_tts_settings(settings)
     except TtsUnavailable as exc:
         return str(exc)
     return None
@@ -211,8 +211,8 @@ class TelephonySynthesizer:
         self.settings = settings
 
     @classmethod
-    def from_config(cls, config: VoiceCallConfig) -> TelephonySynthesizer:
-        return cls(telephony_tts_settings(config))
+    def from_settings(cls, settings: ProviderSettings) -> TelephonySynthesizer:
+        return cls(telephony_tts_settings(settings))
 
     def _request(self, text: str) -> tuple[str, dict[str, str], dict[str, Any], Any]:
         """URL, headers, JSON body and the frame converter for one utterance."""

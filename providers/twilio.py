@@ -46,14 +46,6 @@ from twilio.request_validator import SIGNATURE_HEADER
 from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 
-from calls.security import (
-    ForwardingTrust,
-    header,
-    twilio_replay_key,
-    url_port_variants,
-    verification_url,
-    verify_twilio_signature,
-)
 from providers import twilio_stream
 from providers.base import (
     CallSnapshot,
@@ -69,6 +61,16 @@ from providers.base import (
     WebhookParseError,
     WebhookReply,
 )
+from providers.security import (
+    ForwardingTrust,
+    has_form_body,
+    header,
+    twilio_replay_key,
+    url_port_variants,
+    verification_url,
+    verify_twilio_signature,
+)
+from providers.settings import configured_voice
 
 logger = logging.getLogger(__name__)
 
@@ -242,8 +244,8 @@ class TwilioProvider(Provider):
     speaks_initial_message_in_reply = True
     supports_dtmf = True
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, settings):
+        super().__init__(settings)
         self._client: Client | None = None
         self._client_lock = threading.Lock()
 
@@ -253,7 +255,7 @@ class TwilioProvider(Provider):
         """The SDK client, pointed at ``twilio.apiBaseUrl`` (protocols.md §2, local fakes in tests)."""
         with self._client_lock:
             if self._client is None:
-                cfg = self.config.twilio
+                cfg = self.settings.twilio
                 if not cfg.account_sid or not cfg.auth_token:
                     raise ProviderError("Twilio accountSid and authToken are required")
                 client = Client(
@@ -284,7 +286,7 @@ class TwilioProvider(Provider):
             return ProviderError(f"Twilio {action} failed: API unreachable ({type(exc).__name__})", retryable=True)
         else:
             message, status = f"Twilio {action} failed: {type(exc).__name__}", None
-        token = self.config.twilio.auth_token
+        token = self.settings.twilio.auth_token
         if token:
             message = message.replace(token, "***")
         retryable = status is not None and (status >= 500 or status == 429)
@@ -325,17 +327,11 @@ class TwilioProvider(Provider):
     # --- speech helpers -------------------------------------------------------------------------
     def _voice(self, call: CallSnapshot | None = None) -> str:
         number = call.to_number if call is not None and call.direction == "inbound" else None
-        tts = self.config.effective_tts(number) or {}
-        provider_name = tts.get("provider") or "openai"
-        provider_cfg = (tts.get("providers") or {}).get(provider_name) or tts.get(provider_name) or {}
-        voice = None
-        if isinstance(provider_cfg, dict):
-            voice = provider_cfg.get("voice") or provider_cfg.get("voiceId")
-        return polly_voice(voice if isinstance(voice, str) else None)
+        return polly_voice(configured_voice(self.settings.effective_tts(number)))
 
     def _language(self, call: CallSnapshot | None = None) -> str:
         number = call.to_number if call is not None and call.direction == "inbound" else None
-        language = (self.config.effective_tts(number) or {}).get("language")
+        language = (self.settings.effective_tts(number) or {}).get("language")
         return language if isinstance(language, str) and language.strip() else DEFAULT_LANGUAGE
 
     @staticmethod
@@ -368,14 +364,14 @@ class TwilioProvider(Provider):
         Port variants are tried because Twilio does not always sign the port. The request key (the
         replay key) hashes only signed material.
         """
-        cfg = self.config
-        trust = ForwardingTrust.from_config(cfg, request.remote_addr)
+        cfg = self.settings
+        trust = ForwardingTrust.for_request(cfg.webhook_trust, request.remote_addr)
         url = verification_url(request, trust, cfg.public_url)
         candidates = url_port_variants(url, public_url=cfg.public_url, host_header=header(request, "Host"))
         check = verify_twilio_signature(request, cfg.twilio.auth_token or "", candidates)
         if not check.ok or not check.matched_url:
             return VerifyResult(ok=False, reason=check.reason)
-        form = request.form_params if _is_form(request) else []
+        form = request.form_params if has_form_body(request) else []
         key = twilio_replay_key(check.matched_url, form, header(request, SIGNATURE_HEADER) or "")
         return VerifyResult(ok=True, reason=check.reason, request_key=key)
 
@@ -451,8 +447,8 @@ class TwilioProvider(Provider):
         # A live conversation call is connected to our media stream instead of <Say>/<Gather>; the
         # stream consumer speaks the pending greeting once the stream starts (fact sheet §3.1, §5.3).
         if call.stream_token:
-            return twilio_stream.stream_reply(self.config, call.stream_token)
-        pause = self.config.outbound.notify_hangup_delay_sec
+            return twilio_stream.stream_reply(self.settings, call.stream_token)
+        pause = self.settings.notify_hangup_delay_sec
         if call.initial_message:
             if call.mode == "notify":
                 body = notify_twiml(call.initial_message, voice=self._voice(call), pause_seconds=pause)
@@ -553,14 +549,9 @@ def _require_sid(call: CallSnapshot) -> str:
     return call.provider_call_id
 
 
-def _is_form(request) -> bool:
-    content_type = (header(request, "Content-Type") or "").split(";", 1)[0].strip().lower()
-    return content_type in ("", "application/x-www-form-urlencoded")
-
-
 def _params(request) -> dict[str, str]:
     """Voice request parameters: form-encoded (the default), or a JSON object (bodySHA256 variant)."""
-    if _is_form(request):
+    if has_form_body(request):
         return dict(request.form_params)
     try:
         document = json.loads(request.body or b"{}")

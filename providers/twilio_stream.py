@@ -19,8 +19,8 @@ Wire facts this module encodes:
   ``<Parameter>`` and arrives in ``start.customParameters``.
 
 The TwiML hook for the Twilio provider: when a streaming call's webhook is answered with a stream,
-the provider returns ``stream_reply(self.config, call.stream_token)`` (the token is minted by
-``calls.streams.mint_stream_token`` and carried on the ``CallSnapshot``); ``streaming_possible``
+the provider returns ``stream_reply(self.settings, call.stream_token)`` (the token is minted by
+``calls.media.control.mint_stream_token`` and carried on the ``CallSnapshot``); ``streaming_possible``
 says whether a stream can be offered at all (otherwise the provider keeps its ``<Say>``/``<Gather>``).
 """
 
@@ -36,8 +36,8 @@ from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
 if TYPE_CHECKING:
-    from calls.config import VoiceCallConfig
     from providers.base import WebhookReply
+    from providers.settings import ProviderSettings
 
 #: The ``<Parameter>`` name carrying our per-call token (fact sheet §3.1).
 TOKEN_PARAMETER = "token"  # noqa: S105 - a parameter name, not a secret
@@ -66,24 +66,24 @@ class MalformedFrame(ValueError):
 # --------------------------------------------------------------------------------------------------
 
 
-def stream_url(config: VoiceCallConfig) -> str | None:
+def stream_url(settings: ProviderSettings) -> str | None:
     """``wss://{publicUrl host}{streamPath}``: the origin of ``publicUrl`` (https -> wss, http -> ws)
     plus ``streaming.streamPath``. None when no public URL is known (Twilio cannot reach us)."""
-    if not config.public_url:
+    if not settings.public_url:
         return None
-    parts = urlsplit(config.public_url)
+    parts = urlsplit(settings.public_url)
     scheme = "wss" if parts.scheme == "https" else "ws"
-    return f"{scheme}://{parts.netloc}{config.streaming.stream_path}"
+    return f"{scheme}://{parts.netloc}{settings.streaming.stream_path}"
 
 
-def streaming_possible(config: VoiceCallConfig) -> bool:
+def streaming_possible(settings: ProviderSettings) -> bool:
     """A call can be offered a media stream: streaming enabled, a public URL, and telephony TTS that
     can speak over it (without TTS the call keeps Twilio's own ``<Say>`` voice)."""
-    if not config.streaming.enabled or stream_url(config) is None:
+    if not settings.streaming.enabled or stream_url(settings) is None:
         return False
     from providers.tts import telephony_tts_problem
 
-    return telephony_tts_problem(config) is None
+    return telephony_tts_problem(settings) is None
 
 
 def stream_twiml(url: str, token: str) -> str:
@@ -104,11 +104,11 @@ def _attr(value: str) -> str:
     return escape(value, {'"': "&quot;"})
 
 
-def stream_reply(config: VoiceCallConfig, token: str) -> WebhookReply:
+def stream_reply(settings: ProviderSettings, token: str) -> WebhookReply:
     """The webhook answer that connects a call to our media stream endpoint."""
     from providers.base import WebhookReply
 
-    url = stream_url(config)
+    url = stream_url(settings)
     if url is None:
         raise ValueError("a media stream needs publicUrl")
     return WebhookReply(status=200, content_type="application/xml", body=stream_twiml(url, token))

@@ -134,7 +134,7 @@ def test_client_falls_back_to_blocking_continue_on_a_server_without_polling():
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from calls.rpc_client import RpcClient
+    from calls.management.cli.rpc_client import RpcClient
 
     seen = []
 

@@ -6,6 +6,7 @@ import pytest
 from django.db import connections
 
 from calls import services
+from calls.config import get_config
 from calls.models import CallEvent, RejectedInboundCall, TranscriptEntry
 from providers import get_provider
 from providers.base import EventType, NormalizedEvent
@@ -23,7 +24,7 @@ def deliver_concurrently(events_per_thread):
     def worker(events):
         try:
             barrier.wait()
-            services.process_events(get_provider(), events)
+            services.process_events(get_provider(get_config().provider_settings), events)
         except BaseException as exc:
             errors.append(exc)
         finally:

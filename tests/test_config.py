@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from calls import config as config_module
 from calls.config import (
     SECURITY_WARNING,
     ConfigError,
@@ -21,6 +20,7 @@ from calls.config import (
     load_config,
     set_config,
 )
+from calls.config import loading as config_module
 
 NO_ENV: dict[str, str] = {}
 

@@ -22,8 +22,8 @@ import pytest
 import requests
 from django.core.management import CommandError, call_command
 
-from calls import exposure
 from calls.config import VoiceCallConfig, config_from_dict
+from calls.management.cli import exposure
 from tests.conftest import REPO, child_env, free_port, wait_for_port, write_config
 
 DNS_NAME = "box.tail1234.ts.net"

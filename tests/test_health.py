@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from calls import health
+from calls.interfaces import health
 from tests.conftest import free_port
 from voicecall_site.celery import app as celery_app
 

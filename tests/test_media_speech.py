@@ -11,9 +11,9 @@ import json
 
 import pytest
 
-from calls import streams
 from calls.config import config_from_dict
-from calls.consumers import Playback, Utterance
+from calls.media import control as streams
+from calls.media.playback import Playback, Utterance
 from providers import stt, tts
 from providers.audio import pcm16_to_mulaw
 from providers.twilio_stream import (
@@ -32,7 +32,8 @@ from tests.fakes.twilio_media import dominant_byte
 
 
 def config(**document):
-    return config_from_dict({"provider": "mock", "mock": {"autoAnswer": False}, **document}, env={})
+    """The adapter settings of a mock config with these keys."""
+    return config_from_dict({"provider": "mock", "mock": {"autoAnswer": False}, **document}, env={}).provider_settings
 
 
 def synthesize(settings: tts.TtsSettings, text: str) -> list[bytes]:
@@ -97,7 +98,7 @@ def test_plugin_tts_is_merged_over_core_messages_tts(fake_openai):
         "messages": {"tts": {"provider": "openai", "providers": {"openai": {
             "apiKey": fake_openai.api_key, "baseUrl": fake_openai.http_base, "voice": "alloy"}}}},
     }
-    settings = tts.telephony_tts_settings(config_from_dict(document, env={}), env={})
+    settings = tts.telephony_tts_settings(config_from_dict(document, env={}).provider_settings, env={})
     assert (settings.voice, settings.base_url) == ("onyx", fake_openai.http_base)
 
 
@@ -268,7 +269,7 @@ class GatedSynth:
 
 
 def test_playback_sends_silence_until_audio_then_frames_in_order_then_one_mark_each(monkeypatch):
-    monkeypatch.setattr("calls.consumers.FRAME_SECONDS", 0.001)
+    monkeypatch.setattr("calls.media.playback.FRAME_SECONDS", 0.001)
 
     async def run():
         sent: list[dict] = []

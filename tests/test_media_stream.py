@@ -24,7 +24,8 @@ from django.db import connection
 from django.utils import timezone
 from websockets.exceptions import InvalidStatus
 
-from calls import services, streams
+from calls import services
+from calls.media import control as streams
 from calls.models import Call, CallEvent, TranscriptEntry
 from providers.audio import pcm16_to_mulaw
 from tests.conftest import (

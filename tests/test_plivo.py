@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from plivo.utils import validate_signature, validate_v3_signature
 
 from calls.config import config_from_dict
-from calls.security import WebhookRequest
 from providers import plivo as plivo_module
 from providers.base import CallSnapshot, EventType, OutboundCallRequest, ProviderError, WebhookParseError
 from providers.plivo import (
@@ -24,6 +23,7 @@ from providers.plivo import (
     v3_base_string,
     v3_signature,
 )
+from providers.security import WebhookRequest
 from tests.fakes.plivo import FakePlivo
 
 # ---- protocols.md §9 Plivo vectors (verified there with plivo 4.63.0) ----
@@ -47,7 +47,7 @@ def make_config(token: str = PLIVO_TOKEN, *, api_base_url: str = "https://api.pl
     document = {"provider": "plivo", "fromNumber": "+14155550100", "publicUrl": public_url,
                 "plivo": {"authId": AUTH_ID, "authToken": token, "apiBaseUrl": api_base_url}}
     document.update(extra)
-    return config_from_dict(document, env={})
+    return config_from_dict(document, env={}).provider_settings
 
 
 def form_request(url: str, params: dict[str, str], headers: dict[str, str], method: str = "POST") -> WebhookRequest:
@@ -172,7 +172,7 @@ def test_missing_headers_or_token_fail_verification():
 def test_provider_refuses_to_start_without_credentials():
     config = config_from_dict({"provider": "mock"}, env={})
     with pytest.raises(ValueError, match="authId"):
-        PlivoProvider(config)
+        PlivoProvider(config.provider_settings)
 
 
 # --- event mapping ---------------------------------------------------------------------------------

@@ -36,10 +36,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from calls.config import config_from_dict, set_config
+from calls.interfaces.webhooks import MAX_BODY_BYTES
 from calls.models import Call, CallEvent, RejectedInboundCall, TranscriptEntry, WebhookReceipt
-from calls.security import WebhookRequest
-from calls.webhooks import MAX_BODY_BYTES
 from providers import get_provider, provider_class
+from providers.security import WebhookRequest
 from providers.telnyx import EVENT_TYPES, HANGUP_CAUSES, encode_client_state
 from providers.twilio_stream import (
     MalformedFrame,
@@ -381,7 +381,7 @@ def test_arbitrary_bytes_and_headers_never_cause_5xx_and_refusals_record_nothing
 def test_signed_fuzzed_envelopes_are_parsed_without_5xx_and_unusable_ones_record_nothing(client, carrier):
     """Bodies signed with the carrier's real algorithm reach the parser and the services."""
     target, signer, config, ids = carrier
-    provider = get_provider(config)
+    provider = get_provider(config.provider_settings)
 
     # Raw bytes only for JSON carriers: a form body with repeated keys or broken UTF-8 has no single
     # "right" signature to fake, and unsigned junk is covered by the test above.

@@ -26,8 +26,10 @@ from pathlib import Path
 import pytest
 from django.db import connections
 
-from calls import notify, services
+from calls import services
 from calls.models import Call, CallEvent
+from calls.services import call_updates as notify
+from calls.services import turns
 from tests.conftest import free_port, run_cli, wait_for_port, wait_until
 from tests.fakes.telnyx import FakeTelnyx
 from tests.test_telnyx_calls import CALLEE, telnyx_document
@@ -92,7 +94,7 @@ def private_redis(tmp_path) -> Iterator[PrivateRedis]:
 def waiters(monkeypatch) -> list[dict]:
     """Record, for every ``continue`` waiter, whether it listened on Redis pub/sub."""
     seen: list[dict] = []
-    real = services.call_update_waiter
+    real = turns.call_update_waiter
 
     @contextmanager
     def spying(call_id: str):
@@ -109,7 +111,7 @@ def waiters(monkeypatch) -> list[dict]:
             waiter.wait = wait
             yield waiter
 
-    monkeypatch.setattr(services, "call_update_waiter", spying)
+    monkeypatch.setattr(turns, "call_update_waiter", spying)
     return seen
 
 

@@ -147,7 +147,7 @@ def test_a_carrier_leg_that_turns_up_for_a_call_we_already_failed_is_hung_up_onc
         services.fail_call(str(call.id), services.PLACEMENT_INTERRUPTED)
         # The carrier places the dial anyway; its webhooks (to a URL nobody serves here) are replayed
         # below through the real view, signed as Telnyx signed them.
-        leg_id = get_provider(config).initiate_call(OutboundCallRequest(
+        leg_id = get_provider(config.provider_settings).initiate_call(OutboundCallRequest(
             call_id=str(call.id), to_number=CALLEE, from_number=OUR_NUMBER, mode="notify", initial_message="Hi",
             webhook_url=f"http://127.0.0.1:{free_port()}/voice/webhook", ring_timeout_seconds=30,
             notify_hangup_delay_seconds=0)).provider_call_id

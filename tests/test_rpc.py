@@ -16,8 +16,9 @@ from django.db import connection, connections, transaction
 from django.test import Client
 from django.utils import timezone
 
-from calls import continue_operations, services
+from calls import services
 from calls.models import Call, ContinueOperation, TranscriptEntry
+from calls.services import operations as continue_operations
 from tests.factories import AnsweredCallFactory
 from tests.fakes.polling import wait_until
 

@@ -1,4 +1,4 @@
-"""calls.security: public URL reconstruction, trust in forwarding headers, Twilio signatures, replay
+"""providers.security: public URL reconstruction, trust in forwarding headers, Twilio signatures, replay
 keys, redaction, private hosts, media-stream client IP and the in-flight limiter.
 
 Twilio vectors T1-T5 are from reference/protocols.md §1/§9 (computed with twilio 9.13.0); the trust
@@ -11,20 +11,19 @@ import base64
 import hashlib
 import hmac
 import threading
-from types import SimpleNamespace
 from urllib.parse import urlencode
 
 import pytest
 
-from calls.security import (
+from calls.config import config_from_dict
+from calls.interfaces.limits import InFlightLimiter, TooManyInFlight
+from providers.security import (
     REASON_BODY_HASH,
     REASON_MISSING_SIGNATURE,
     REASON_OK,
     REASON_UNCONFIGURED,
     UNKNOWN_CLIENT,
     ForwardingTrust,
-    InFlightLimiter,
-    TooManyInFlight,
     WebhookRequest,
     forwarding_headers_trusted,
     header,
@@ -40,6 +39,7 @@ from calls.security import (
     verification_url,
     verify_twilio_signature,
 )
+from providers.settings import WebhookTrustSettings
 
 # --- vectors (protocols.md §9) -------------------------------------------------------------------
 
@@ -109,16 +109,21 @@ def make_cfg(
     tunnel_provider: str = "none",
     ngrok_bypass: bool = False,
     bind: str = "127.0.0.1",
-) -> SimpleNamespace:
-    return SimpleNamespace(
-        webhook_security=SimpleNamespace(
-            allowed_hosts=allowed_hosts or [],
-            trust_forwarding_headers=trust_forwarding_headers,
-            trusted_proxy_ips=trusted_proxy_ips or [],
-        ),
-        tunnel=SimpleNamespace(provider=tunnel_provider, allow_ngrok_free_tier_loopback_bypass=ngrok_bypass),
-        serve=SimpleNamespace(bind=bind, port=3334, path="/voice/webhook"),
+) -> WebhookTrustSettings:
+    """The trust settings adapters get from a config with these ``webhookSecurity``/``tunnel`` keys."""
+    config = config_from_dict(
+        {
+            "webhookSecurity": {
+                "allowedHosts": allowed_hosts or [],
+                "trustForwardingHeaders": trust_forwarding_headers,
+                "trustedProxyIPs": trusted_proxy_ips or [],
+            },
+            "tunnel": {"provider": tunnel_provider, "allowNgrokFreeTierLoopbackBypass": ngrok_bypass},
+            "serve": {"bind": bind, "port": 3334, "path": "/voice/webhook"},
+        },
+        env={},
     )
+    return config.provider_settings.webhook_trust
 
 
 def verify(
@@ -472,7 +477,7 @@ def ngrok_request(remote: str = "127.0.0.1", signature: str = T3_SIGNATURE) -> W
 @pytest.mark.parametrize("remote", ["127.0.0.1", "127.0.0.7", "::1", "::ffff:127.0.0.1"])
 def test_ngrok_bypass_accepts_valid_signature_over_loopback(remote):
     cfg = make_cfg(tunnel_provider="ngrok", ngrok_bypass=True)
-    trust = ForwardingTrust.from_config(cfg, remote)
+    trust = ForwardingTrust.for_request(cfg, remote)
     assert trust.ngrok_loopback_bypass
     check = verify(ngrok_request(remote), T3_TOKEN, trust)
     assert check.ok
@@ -481,7 +486,7 @@ def test_ngrok_bypass_accepts_valid_signature_over_loopback(remote):
 
 def test_ngrok_bypass_still_rejects_invalid_signature():
     cfg = make_cfg(tunnel_provider="ngrok", ngrok_bypass=True)
-    trust = ForwardingTrust.from_config(cfg, "127.0.0.1")
+    trust = ForwardingTrust.for_request(cfg, "127.0.0.1")
     assert not verify(ngrok_request(signature="AAAAAAAAAAAAAAAAAAAAAAAAAAA="), T3_TOKEN, trust).ok
 
 
@@ -507,7 +512,7 @@ def test_ngrok_bypass_still_rejects_invalid_signature():
     ],
 )
 def test_ngrok_bypass_is_ignored_unless_ngrok_loopback_bind_and_loopback_remote(cfg, remote):
-    trust = ForwardingTrust.from_config(cfg, remote)
+    trust = ForwardingTrust.for_request(cfg, remote)
     assert not trust.ngrok_loopback_bypass
     check = verify(ngrok_request(remote or "127.0.0.1"), T3_TOKEN, trust)
     assert not check.ok  # URL rebuilt from Host 127.0.0.1, not the ngrok host Twilio signed
@@ -516,20 +521,20 @@ def test_ngrok_bypass_is_ignored_unless_ngrok_loopback_bind_and_loopback_remote(
 def test_ngrok_bypass_with_localhost_bind_and_ipv6_bind():
     for bind in ("localhost", "::1"):
         cfg = make_cfg(tunnel_provider="ngrok", ngrok_bypass=True, bind=bind)
-        assert ForwardingTrust.from_config(cfg, "127.0.0.1").ngrok_loopback_bypass
+        assert ForwardingTrust.for_request(cfg, "127.0.0.1").ngrok_loopback_bypass
 
 
 def test_ngrok_bypass_overrides_trusted_proxy_restriction():
     cfg = make_cfg(tunnel_provider="ngrok", ngrok_bypass=True, trusted_proxy_ips=["10.9.9.9"])
-    trust = ForwardingTrust.from_config(cfg, "127.0.0.1")
+    trust = ForwardingTrust.for_request(cfg, "127.0.0.1")
     assert forwarding_headers_trusted(ngrok_request(), trust)
 
 
-def test_from_config_copies_webhook_security_settings():
+def test_trust_settings_copy_webhook_security_config():
     cfg = make_cfg(
         allowed_hosts=[" Public.Example "], trust_forwarding_headers=True, trusted_proxy_ips=["10.0.0.1"]
     )
-    assert ForwardingTrust.from_config(cfg, "10.0.0.1") == ForwardingTrust(
+    assert ForwardingTrust.for_request(cfg, "10.0.0.1") == ForwardingTrust(
         allowed_hosts=("public.example",), trust_forwarding_headers=True, trusted_proxy_ips=("10.0.0.1",)
     )
 

@@ -6,6 +6,7 @@ import pytest
 from django.utils import timezone
 
 from calls import services
+from calls.config import get_config
 from calls.models import Call, CallEvent, TranscriptEntry
 from providers import get_provider
 from providers.base import EventType, NormalizedEvent
@@ -19,7 +20,7 @@ def event(call, kind, key, **fields):
 
 
 def apply(*events):
-    return services.process_events(get_provider(), list(events))
+    return services.process_events(get_provider(get_config().provider_settings), list(events))
 
 
 class TestInitiate:
@@ -126,7 +127,7 @@ class TestEvents:
 
     def test_stale_turn_token_cannot_answer_a_pending_turn(self, configure):
         call = AnsweredCallFactory(pending_turn_token="fresh")
-        provider = get_provider()
+        provider = get_provider(get_config().provider_settings)
         type(provider).uses_turn_tokens = True
         try:
             outcome = apply(event(call, EventType.SPEECH, "s", transcript="yes", turn_token="stale"))

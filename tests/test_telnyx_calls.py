@@ -46,7 +46,7 @@ def telnyx_document(fake: FakeTelnyx, **extra) -> dict:
 
 def provider_for(fake: FakeTelnyx, configure, **extra) -> TelnyxProvider:
     config = configure(telnyx_document(fake, **extra))
-    provider = get_provider(config)
+    provider = get_provider(config.provider_settings)
     assert isinstance(provider, TelnyxProvider)
     return provider
 
@@ -198,7 +198,7 @@ def test_persistent_5xx_is_a_retryable_provider_error(fake, configure):
 def test_rejected_api_key_is_not_retryable_and_never_echoed(fake, configure):
     document = telnyx_document(fake)
     document["telnyx"]["apiKey"] = "KEYwrong-secret-value-123"
-    provider = get_provider(configure(document))
+    provider = get_provider(configure(document).provider_settings)
     with pytest.raises(ProviderError) as err:
         dial(fake, provider)
     assert err.value.retryable is False
@@ -209,7 +209,7 @@ def test_rejected_api_key_is_not_retryable_and_never_echoed(fake, configure):
 def test_unreachable_api_is_a_retryable_error_without_the_key(fake, configure):
     document = telnyx_document(fake)
     document["telnyx"]["apiBaseUrl"] = f"http://127.0.0.1:{free_port()}"
-    provider = get_provider(configure(document))
+    provider = get_provider(configure(document).provider_settings)
     with pytest.raises(ProviderError) as err:
         dial(fake, provider)
     assert err.value.retryable is True

@@ -11,11 +11,11 @@ from cryptography.hazmat.primitives import serialization
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from calls.config import TelnyxConfig, VoiceCallConfig, config_from_dict, set_config
+from calls.config import TelnyxConfig, VoiceCallConfig, config_from_dict, get_config, set_config
 from calls.models import Call, CallEvent, TranscriptEntry, WebhookReceipt
-from calls.security import WebhookRequest
 from providers import get_provider
 from providers.base import EventType, WebhookParseError
+from providers.security import WebhookRequest
 from providers.telnyx import (
     HANGUP_CAUSES,
     REASON_BAD_PUBLIC_KEY,
@@ -67,7 +67,7 @@ def install_config(fake: FakeTelnyx | None, *, public_key: str | None = None, cl
     document.update(extra)
     config = config_from_dict(document, env={})
     set_config(config)
-    provider = get_provider(config)
+    provider = get_provider(config.provider_settings)
     provider.clock = lambda: clock
     return provider
 
@@ -198,7 +198,7 @@ def test_missing_public_key_fails_closed_with_a_setup_error(client, fake, monkey
     response = post(client, fake, body, timestamp=None)
     assert response.status_code == 401
     assert nothing_recorded()
-    reason = get_provider(config).verify_webhook(request_of(body, fake.sign(body))).reason
+    reason = get_provider(config.provider_settings).verify_webhook(request_of(body, fake.sign(body))).reason
     assert reason == REASON_NO_PUBLIC_KEY
     assert "telnyx.publicKey" in reason and "TELNYX_PUBLIC_KEY" in reason
 
@@ -273,7 +273,7 @@ def test_missing_signature_header_is_rejected_before_verification(client, fake, 
                            headers={"telnyx-timestamp": str(NOW)})
     assert response.status_code == 401
     assert nothing_recorded()
-    provider = get_provider()
+    provider = get_provider(get_config().provider_settings)
     assert provider.verify_webhook(request_of(body, {"telnyx-timestamp": str(NOW)})).reason == REASON_MISSING_HEADERS
 
 
@@ -291,7 +291,7 @@ def test_timestamp_must_be_within_300_seconds_either_way(client, fake, live_call
     assert TranscriptEntry.objects.filter(call=live_call).count() == (1 if status == 200 else 0)
     assert CallEvent.objects.count() == (1 if status == 200 else 0)
     if reason:
-        result = get_provider().verify_webhook(request_of(body, fake.sign(body, NOW + offset)))
+        result = get_provider(get_config().provider_settings).verify_webhook(request_of(body, fake.sign(body, NOW + offset)))
         assert result.reason == reason
 
 

@@ -13,8 +13,9 @@ from django.core.management import call_command
 from django.db import connections
 from django.test import Client
 
-from calls import services, tool
+from calls import services
 from calls.config import PROVIDER_ENV_FALLBACKS
+from calls.interfaces import tool
 from calls.models import Call
 from tests.factories import AnsweredCallFactory
 

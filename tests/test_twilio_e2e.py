@@ -248,7 +248,8 @@ def test_replay_after_a_server_restart_is_acknowledged_without_side_effects(stac
     fake_call = stack.fake.place_inbound_call(from_=FRIEND, to=FROM_NUMBER, url=PUBLIC_URL)
     call = wait_until(lambda: Call.objects.filter(provider_call_id=fake_call.sid,
                                                   transcript__speaker="user").first())
-    (speech,) = stack.fake.deliveries_for(fake_call.sid, "gather")
+    # The row commits before the fake has read the webhook's answer: wait for the delivery itself.
+    (speech,) = wait_until(lambda: stack.fake.deliveries_for(fake_call.sid, "gather"))
     before = (transcript(str(call.id)), CallEvent.objects.count(), Call.objects.get(id=call.id).state)
 
     stack.restart_server()  # a new process: only the database remembers the request

@@ -13,10 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from django.db import connection, transaction
 
-import calls.asgi_gate as asgi_gate
-from calls.asgi_gate import WebhookGate
+import calls.interfaces.webhook_gate as asgi_gate
+from calls.interfaces.limits import InFlightLimiter
+from calls.interfaces.webhook_gate import WebhookGate
 from calls.models import Call, CallEvent, WebhookReceipt
-from calls.security import InFlightLimiter, twilio_replay_key
+from providers.security import twilio_replay_key
 from tests.conftest import REPO, RunningServer, child_env, free_port, wait_for_port, wait_until, write_config
 from tests.factories import AnsweredCallFactory
 from tests.fakes.twilio import PUBLIC_ORIGIN, PUBLIC_URL, FakeTwilio, running_fake_twilio, twilio_config

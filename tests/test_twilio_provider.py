@@ -13,8 +13,8 @@ import requests
 from twilio.request_validator import RequestValidator
 
 from calls.config import config_from_dict
-from calls.security import WebhookRequest
 from providers.base import CallSnapshot, EventType, OutboundCallRequest, ProviderError, WebhookParseError
+from providers.security import WebhookRequest
 from providers.twilio import (
     DEFAULT_POLLY_VOICE,
     END_REASONS,
@@ -53,7 +53,7 @@ def fake() -> Iterator[FakeTwilio]:
 
 
 def provider_for(fake: FakeTwilio, **overrides) -> TwilioProvider:
-    return TwilioProvider(config_from_dict(twilio_config(fake, **overrides), env={}))
+    return TwilioProvider(config_from_dict(twilio_config(fake, **overrides), env={}).provider_settings)
 
 
 def snapshot(sid: str | None, *, mode: str = "conversation", direction: str = "outbound", **kw) -> CallSnapshot:
@@ -221,7 +221,7 @@ def test_wrong_credentials_fail_without_revealing_the_token(fake):
 def test_unreachable_api_is_a_retryable_error():
     provider = TwilioProvider(config_from_dict(twilio_config(
         FakeTwilio(), twilio={"accountSid": ACCOUNT_SID, "authToken": "tok",
-                              "apiBaseUrl": f"http://127.0.0.1:{free_port()}"}), env={}))
+                              "apiBaseUrl": f"http://127.0.0.1:{free_port()}"}), env={}).provider_settings)
     with pytest.raises(ProviderError) as err:
         provider.hangup_call(snapshot("CA" + "1" * 32))
     assert err.value.retryable is True and "unreachable" in str(err.value)

@@ -15,8 +15,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 from django.core.handlers.asgi import ASGIRequest
 
+from calls.interfaces.webhooks import webhook_request_from
 from calls.models import AllowedCaller, Call, CallEvent, RejectedInboundCall, TranscriptEntry, WebhookReceipt
-from calls.webhooks import webhook_request_from
 from tests.factories import AnsweredCallFactory, CallFactory
 from tests.fakes.twilio import (
     ACCOUNT_SID,

@@ -12,8 +12,8 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from calls.asgi_gate import WebhookGate, install_daphne_early_gate  # noqa: E402
-from calls.routing import websocket_urlpatterns  # noqa: E402
+from calls.interfaces.webhook_gate import WebhookGate, install_daphne_early_gate  # noqa: E402
+from calls.media.routing import websocket_urlpatterns  # noqa: E402
 
 # The carrier webhook's pre-auth gate (calls/asgi_gate.py); under daphne part of it runs in Twisted.
 install_daphne_early_gate()

@@ -3,8 +3,9 @@
 from django.contrib import admin
 from django.urls import path
 
-from calls import health, rpc, tool, views, webhooks
 from calls.config import ConfigError, get_config
+from calls.interfaces import health, rpc, tool, webhooks
+from calls.interfaces import pages as views
 
 try:
     _webhook_path = get_config().serve.path

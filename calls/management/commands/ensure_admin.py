@@ -45,7 +45,7 @@ class Command(BaseCommand):
     def _rpc_token_line() -> str:
         """Where the bearer token for /rpc and /tools/voice_call is (generated once if needed)."""
         from calls.config import ConfigError
-        from calls.rpc_auth import token_source
+        from calls.interfaces.rpc_auth import token_source
 
         try:
             source = token_source()

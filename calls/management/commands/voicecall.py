@@ -109,7 +109,7 @@ class Command(BaseCommand):
 
     def _live(self, method: str, params: dict[str, Any], direct, *, timeout: float | None = None) -> Any:
         """Run ``method`` on the running server; ``direct()`` here only when none is listening."""
-        from calls.rpc_client import RpcClient, RpcError, ServerUnreachable
+        from calls.management.cli.rpc_client import RpcClient, RpcError, ServerUnreachable
 
         config = get_config()
         client = RpcClient.for_config(config)
@@ -131,7 +131,7 @@ class Command(BaseCommand):
         message = options["message"]
         if not message and options["action"] == "call":
             raise services.ServiceError(services.MESSAGE_REQUIRED)
-        from calls.rpc_client import RpcClient
+        from calls.management.cli.rpc_client import RpcClient
 
         method = "voicecall.initiate" if options["action"] == "call" else "voicecall.start"
         result = self._live(
@@ -192,7 +192,7 @@ class Command(BaseCommand):
         return report, text
 
     def do_setup(self, options) -> tuple[dict, str] | None:
-        from calls.setup_checks import run_setup_checks
+        from calls.management.cli.setup_checks import run_setup_checks
 
         report = run_setup_checks()
         if options["json"]:
@@ -206,7 +206,7 @@ class Command(BaseCommand):
         return None
 
     def do_tail(self, options) -> None:
-        from calls.tail import follow_ledger
+        from calls.management.cli.tail import follow_ledger
 
         for line in follow_ledger(
             since=options["since"],
@@ -225,7 +225,7 @@ class Command(BaseCommand):
                          f"{summary['closed']} closed, {summary['timedOut']} timed out, {summary['failed']} failed")
 
     def do_serve(self, options) -> None:
-        from calls.health import drain_flag
+        from calls.interfaces.health import drain_flag
 
         config = get_config()
         env = {**os.environ}
@@ -274,8 +274,8 @@ class Command(BaseCommand):
 
     def _start_exposure(self, config, env: dict[str, str]):
         """Public URL / tunnel for ``serve`` (fact sheet §4.6). Children get the tunnel URL as publicUrl."""
-        from calls import exposure as exposure_module
         from calls.config import CONFIG_ENV_VAR, DEFAULT_CONFIG_FILENAME, load_config, set_config
+        from calls.management.cli import exposure as exposure_module
 
         exposure = exposure_module.start_exposure(config)
         if exposure.error:
@@ -295,12 +295,12 @@ class Command(BaseCommand):
         return exposure
 
     def do_tool_schema(self, options) -> tuple[dict, str]:
-        from calls.tool import TOOL_SCHEMA
+        from calls.interfaces.tool import TOOL_SCHEMA
 
         return TOOL_SCHEMA, json.dumps(TOOL_SCHEMA, indent=2)
 
     def do_expose(self, options) -> tuple[dict, str]:
-        from calls.exposure import expose_route
+        from calls.management.cli.exposure import expose_route
 
         config = get_config()
         result = expose_route(mode=options["mode"], path=options["path"] or config.tailscale.path,

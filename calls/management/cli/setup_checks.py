@@ -29,7 +29,7 @@ def run_setup_checks() -> dict[str, Any]:
 
 
 def _webhook_exposure(config) -> dict[str, Any]:
-    from calls.security import is_local_or_private_host
+    from providers.security import is_local_or_private_host
 
     if config.provider == "mock":
         return _check("webhook-exposure", True, f"mock provider posts to {config.webhook_url()}")

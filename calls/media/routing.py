@@ -12,7 +12,7 @@ import gc
 from django.urls import path
 
 from calls.config import ConfigError, get_config
-from calls.consumers import MediaStreamConsumer
+from calls.media.consumer import MediaStreamConsumer
 
 DEFAULT_STREAM_PATH = "/voice/stream"
 

@@ -41,9 +41,19 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from calls import continue_operations, services
+from calls import services
 from calls.config import ConfigError, get_config
-from calls.rpc_auth import bearer_ok, unauthorized
+from calls.interfaces.arguments import (
+    CALL_ID_AND_DIGITS_REQUIRED,
+    CALL_ID_AND_MESSAGE_REQUIRED,
+    CALL_ID_REQUIRED,
+    ArgumentError,
+    initiated,
+)
+from calls.interfaces.arguments import require as _require
+from calls.interfaces.arguments import text as _text
+from calls.interfaces.rpc_auth import bearer_ok, unauthorized
+from calls.services import operations as continue_operations
 
 logger = logging.getLogger(__name__)
 
@@ -56,37 +66,12 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 SERVICE_ERROR = -32000
 
-CALL_ID_REQUIRED = "callId required"
-CALL_ID_AND_MESSAGE_REQUIRED = "callId and message required"
-CALL_ID_AND_DIGITS_REQUIRED = "callId and digits required"
 OPERATION_ID_REQUIRED = "operationId required"
 PARAMS_MUST_BE_OBJECT = "params must be an object (by-name parameters)"
 
 
-class InvalidParams(Exception):
-    """Bad or missing parameters: answered with ``-32602`` and this message."""
-
-
-# ------------------------------------------------------------------------------------------------
-# Parameters
-# ------------------------------------------------------------------------------------------------
-
-
-def _text(params: dict[str, Any], name: str) -> str | None:
-    """A trimmed string parameter; ``None`` when absent, null or blank."""
-    value = params.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidParams(f"{name} must be a string")
-    return value.strip() or None
-
-
-def _require(params: dict[str, Any], names: tuple[str, ...], message: str) -> list[str]:
-    values = [_text(params, name) for name in names]
-    if not all(values):
-        raise InvalidParams(message)
-    return values  # type: ignore[return-value]
+#: Bad or missing parameters: answered with ``-32602`` and the message.
+InvalidParams = ArgumentError
 
 
 # ------------------------------------------------------------------------------------------------
@@ -101,16 +86,14 @@ def _initiate(params: dict[str, Any]) -> dict[str, Any]:
     to = _text(params, "to")
     if not to and not get_config().to_number:
         raise InvalidParams(services.TO_REQUIRED)
-    call = services.initiate_call(to=to, message=message, mode=_text(params, "mode"))
-    return {"callId": str(call.id), "initiated": True}
+    return initiated(services.initiate_call(to=to, message=message, mode=_text(params, "mode")))
 
 
 def _start(params: dict[str, Any]) -> dict[str, Any]:
     to = _text(params, "to")
     if not to:
         raise InvalidParams(services.TO_REQUIRED)
-    call = services.initiate_call(to=to, message=_text(params, "message"), mode=_text(params, "mode"))
-    return {"callId": str(call.id), "initiated": True}
+    return initiated(services.initiate_call(to=to, message=_text(params, "message"), mode=_text(params, "mode")))
 
 
 def _continue(params: dict[str, Any]) -> dict[str, Any]:

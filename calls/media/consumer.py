@@ -2,15 +2,12 @@
 
 What a socket goes through (OpenClaw fact sheet §5; wire format in ``providers/twilio_stream.py``):
 
-1. **Admission** (§5.2). ``streaming.maxConnections`` bounds open sockets (pending + active); over it
-   the upgrade is refused (daphne answers a refused upgrade with HTTP 403 -- it has no way to send
-   upstream's 503). A new socket is *pending* until a valid ``start``: over
-   ``maxPendingConnections`` in total or ``maxPendingConnectionsPerIp`` from its client IP
-   (``calls.security.stream_client_ip``: trusted-proxy rules) it is accepted and closed with 1013;
-   a pending socket without a valid ``start`` within ``preStartTimeoutMs`` is closed with 1008.
-   **All these caps are per daphne process** (the counters live in this module); with N processes
-   behind a load balancer the cluster admits up to N times as many. Only "one stream per call" is
-   cluster-wide (the lease in ``calls/streams.py``).
+1. **Admission** (§5.2, ``calls.media.admission``). Over ``streaming.maxConnections`` the upgrade is
+   refused (daphne answers a refused upgrade with HTTP 403 -- it has no way to send upstream's 503).
+   A new socket is *pending* until a valid ``start``: over the pending caps it is accepted and
+   closed with 1013; a pending socket without a valid ``start`` within ``preStartTimeoutMs`` is
+   closed with 1008. **All these caps are per daphne process**; only "one stream per call" is
+   cluster-wide (the lease in ``calls.media.control``).
 2. **start**: the CallSid must belong to a live call and the ``token`` parameter must match the one
    minted for it (timing-safe); a call that already has a live stream anywhere is refused. All
    refusals close with 1008. On success the consumer joins the call's channel-layer group, opens the
@@ -19,13 +16,9 @@ What a socket goes through (OpenClaw fact sheet §5; wire format in ``providers/
    ``call.dtmf`` event, ``mark`` confirms an utterance played, ``stop`` ends the stream. Frames over
    64 KB, binary frames, malformed JSON and malformed base64 are ignored (counted) -- they never end
    the call.
-4. **Speech out**: a per-stream FIFO of utterances. Synthesis starts when an utterance is queued and
-   audio is sent as soon as the first TTS bytes are converted; 160-byte frames go out on a deadline
-   clock (``next += 0.020`` on the loop clock, so no drift however long the call), with mu-law silence
-   while synthesis has not produced audio yet. A ``mark`` follows each utterance; the utterance counts
-   as played when Twilio echoes it. If more than ``MAX_SEND_BUFFER_BYTES`` sent to the socket have
-   not been taken by the peer (daphne's buffer plus the kernel send queue), the peer is not reading:
-   the socket is closed with 1013 and the reason recorded on the call.
+4. **Speech out** (``calls.media.playback``): a per-stream FIFO of utterances, deadline-paced 20 ms
+   frames and marks. When the peer stops reading (send buffer over ``MAX_SEND_BUFFER_BYTES``) the
+   socket is closed with 1013 and the reason recorded on the call.
 5. **Barge-in**: when STT reports the caller started speaking, the queue is dropped and ``clear`` sent;
    utterances that had not played are marked ``interrupted`` in the transcript. Not during the intro
    of an outbound conversation (then the caller's speech is ignored, as upstream does).
@@ -41,29 +34,24 @@ it survives the consumer.
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import functools
 import logging
-import os
-import struct
-import termios
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from calls import services, streams
-from calls.config import VoiceCallConfig, get_config
-from calls.security import ForwardingTrust, stream_client_ip
-from providers.audio import FRAME_SECONDS, silence_frame
+from calls import services
+from calls.config import get_config
+from calls.media import control as streams
+from calls.media.admission import ADMISSION, client_ip
+from calls.media.playback import Playback, Utterance
 from providers.stt import FinalTranscript, RealtimeTranscriber, SttUnavailable, stt_settings
-from providers.tts import TelephonySynthesizer, TtsError, TtsUnavailable
+from providers.tts import TelephonySynthesizer, TtsUnavailable
 from providers.twilio_stream import (
     MAX_INBOUND_FRAME_BYTES,
     MalformedFrame,
@@ -74,6 +62,7 @@ from providers.twilio_stream import (
     parse_frame,
     parse_start,
 )
+from voicecall_site import compat
 
 logger = logging.getLogger(__name__)
 
@@ -81,19 +70,12 @@ logger = logging.getLogger(__name__)
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008  # missing callSid, unknown call / bad token, duplicate stream, start timeout
 CLOSE_TRY_AGAIN = 1013  # too many pending sockets; send buffer exceeded
-
-#: Send-buffer limit before a socket counts as stuck (fact sheet §5.4: 1 MiB). Overridable for
-#: links known to be slow (and for the back-pressure test) with VOICECALL_STREAM_MAX_SEND_BUFFER.
-MAX_SEND_BUFFER_BYTES = int(os.environ.get("VOICECALL_STREAM_MAX_SEND_BUFFER", str(1024 * 1024)))
-PROBE_EVERY_FRAMES = 5  # check the send buffer every 100 ms of audio (one ioctl)
-MAX_PENDING_UTTERANCES = 8  # fact sheet §5.4 (later): the queue rejects more
-MAX_PACER_LAG_S = 0.2  # behind by more than this (a stalled loop): resynchronise, don't burst
 STT_READY_WAIT_S = 3.0  # the greeting waits this long for STT, so the caller's answer is heard
 DB_THREADS = 16
 
-QUEUE_FULL = f"Telephony TTS queue is full for stream; maxPending={MAX_PENDING_UTTERANCES}"
-STREAM_CLOSING = "Media stream is closing"
 BACKPRESSURE = "Backpressure: send buffer exceeded"
+
+_probe_warning_logged = False
 
 _db_pool = ThreadPoolExecutor(max_workers=DB_THREADS, thread_name_prefix="media-stream-db")
 
@@ -115,269 +97,6 @@ def _spawn(coro: Awaitable[Any], name: str) -> asyncio.Task:
     return task
 
 
-# --------------------------------------------------------------------------------------------------
-# Admission (per process)
-# --------------------------------------------------------------------------------------------------
-
-
-class StreamAdmission:
-    """Socket accounting for this daphne process. Only touched from the event loop thread."""
-
-    def __init__(self) -> None:
-        self.open = 0
-        self.pending = 0
-        self.pending_by_ip: dict[str, int] = {}
-
-    def open_socket(self, max_connections: int) -> bool:
-        if self.open >= max_connections:
-            return False
-        self.open += 1
-        return True
-
-    def close_socket(self) -> None:
-        self.open = max(0, self.open - 1)
-
-    def add_pending(self, ip: str, max_total: int, max_per_ip: int) -> bool:
-        if self.pending >= max_total or self.pending_by_ip.get(ip, 0) >= max_per_ip:
-            return False
-        self.pending += 1
-        self.pending_by_ip[ip] = self.pending_by_ip.get(ip, 0) + 1
-        return True
-
-    def remove_pending(self, ip: str) -> None:
-        self.pending = max(0, self.pending - 1)
-        left = self.pending_by_ip.get(ip, 0) - 1
-        if left > 0:
-            self.pending_by_ip[ip] = left
-        else:
-            self.pending_by_ip.pop(ip, None)
-
-
-ADMISSION = StreamAdmission()
-
-
-def _client_ip(scope: dict[str, Any], config: VoiceCallConfig) -> str:
-    client = scope.get("client") or (None, None)
-    remote = str(client[0]) if client and client[0] else None
-    headers = {k.decode("latin1"): v.decode("latin1") for k, v in scope.get("headers") or []}
-    return stream_client_ip(remote, headers, ForwardingTrust.from_config(config, remote))
-
-
-def _daphne_protocol(send: Any) -> Any | None:
-    """daphne hands the app ``functools.partial(server.handle_reply, protocol)`` as ``send``: the
-    autobahn/Twisted protocol object of this socket, or None under another ASGI server."""
-    return send.args[0] if isinstance(send, functools.partial) and send.args else None
-
-
-def _send_buffer_probe(send: Any) -> Callable[[], int] | None:
-    """Bytes sent to this socket that the peer has not taken yet: daphne's user-space buffer plus the
-    kernel's send queue.
-
-    daphne's protocol transport is a Twisted ``FileDescriptor`` whose write buffer is ``dataBuffer``
-    (from ``offset``) plus ``_tempDataBuffer`` (``_tempDataLen`` bytes). The kernel queue (Linux
-    ``SIOCOUTQ``: unsent plus unacknowledged bytes) is counted too, because send-buffer autotuning
-    lets the kernel absorb megabytes before Twisted buffers anything. Under another ASGI server, or
-    if those attributes move, there is no probe and back-pressure is not detected (logged once).
-    """
-    transport = getattr(_daphne_protocol(send), "transport", None)
-    if transport is None or not all(hasattr(transport, a) for a in ("dataBuffer", "offset", "_tempDataLen")):
-        return None
-    sock = getattr(transport, "socket", None)
-    outq = getattr(termios, "TIOCOUTQ", None)  # == SIOCOUTQ on Linux
-
-    def kernel_queue() -> int:
-        if sock is None or outq is None:
-            return 0
-        try:
-            return struct.unpack("i", fcntl.ioctl(sock.fileno(), outq, b"\0\0\0\0"))[0]
-        except (OSError, ValueError):
-            return 0
-
-    def buffered() -> int:
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen + kernel_queue()
-
-    return buffered
-
-
-_probe_warning_logged = False
-
-
-# --------------------------------------------------------------------------------------------------
-# Speech out
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Utterance:
-    id: str
-    text: str
-    entry_id: int | None
-    initial: bool
-    frames: deque[bytes] = field(default_factory=deque)
-    done: bool = False  # synthesis finished (or failed)
-    error: str | None = None
-    sent: int = 0
-    mark: str = ""
-    task: asyncio.Task | None = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)  # audio arrived / synthesis ended
-
-    async def wait_for_audio(self, timeout: float) -> bool:
-        """Whether frames (or the end of synthesis) are there, waiting up to ``timeout`` for them."""
-        self.changed.clear()
-        if self.frames or self.done or timeout <= 0:
-            return bool(self.frames or self.done)
-        try:
-            await asyncio.wait_for(self.changed.wait(), timeout)
-        except TimeoutError:
-            pass
-        return bool(self.frames or self.done)
-
-
-class SendBufferExceeded(Exception):
-    pass
-
-
-class Playback:
-    """One stream's outbound audio: FIFO of utterances, deadline-paced 20 ms frames, marks."""
-
-    def __init__(
-        self,
-        frames: OutboundFrames,
-        send: Callable[[str], Awaitable[None]],
-        synthesizer: TelephonySynthesizer | None,
-        *,
-        on_failed: Callable[[Utterance], None],
-        on_stuck: Callable[[], Awaitable[None]],
-        probe: Callable[[], int] | None,
-    ):
-        self.frames = frames
-        self._send = send
-        self.synthesizer = synthesizer
-        self._on_failed = on_failed
-        self._on_stuck = on_stuck
-        self._probe = probe
-        self.queue: deque[Utterance] = deque()
-        self.awaiting: dict[str, Utterance] = {}  # mark name -> sent utterance not yet confirmed played
-        self._pacer: asyncio.Task | None = None
-        self._silence = frames.media(silence_frame())
-        self.closed = False
-        self.frames_sent = 0
-
-    @property
-    def intro_active(self) -> bool:
-        """The outbound-conversation intro is queued, playing or not yet confirmed played."""
-        return any(u.initial for u in self.queue) or any(u.initial for u in self.awaiting.values())
-
-    def enqueue(self, utterance: Utterance) -> None:
-        if self.closed:
-            raise RuntimeError(STREAM_CLOSING)
-        if len(self.queue) >= MAX_PENDING_UTTERANCES:
-            raise OverflowError(QUEUE_FULL)
-        utterance.task = asyncio.get_running_loop().create_task(self._synthesize(utterance))
-        self.queue.append(utterance)
-        if self._pacer is None:
-            self._pacer = asyncio.get_running_loop().create_task(self._pace())
-
-    async def _synthesize(self, utterance: Utterance) -> None:
-        try:
-            async for frames in self.synthesizer.frames(utterance.text):
-                utterance.frames.extend(frames)
-                utterance.changed.set()
-        except TtsError as exc:
-            utterance.error = str(exc)
-        except Exception as exc:  # a vendor/library bug must not take the stream down
-            logger.exception("TTS failed")
-            utterance.error = f"TTS failed: {type(exc).__name__}"
-        finally:
-            utterance.done = True
-            utterance.changed.set()
-
-    async def _pace(self) -> None:
-        """Send one frame per 20 ms slot while anything is queued.
-
-        Deadlines, not sleeps: ``next_at`` advances by exactly one frame per frame sent, and we sleep
-        until it, so send and scheduling costs never accumulate into drift.
-
-        When a slot is due and the utterance has no audio yet (synthesis starting, or slower than real
-        time), we wait for audio up to one frame period past the due time: audio arriving in that
-        window goes out at once (the clock restarts from it), otherwise a silence frame keeps the
-        line alive. So a fast TTS is heard with no silence queued ahead of it.
-        """
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        try:
-            while self.queue and not self.closed:
-                utterance = self.queue[0]
-                if utterance.frames:
-                    text = self.frames.media(utterance.frames.popleft())
-                    utterance.sent += 1
-                elif utterance.done:
-                    self.queue.popleft()
-                    if utterance.error or utterance.sent == 0:
-                        self._on_failed(utterance)
-                        continue
-                    utterance.mark = f"utt-{utterance.id}"
-                    self.awaiting[utterance.mark] = utterance
-                    await self._send(self.frames.mark(utterance.mark))
-                    continue  # the next utterance starts in this same slot
-                else:
-                    if await utterance.wait_for_audio(next_at + FRAME_SECONDS - loop.time()):
-                        next_at = loop.time()
-                        continue
-                    text = self._silence  # keep-alive while synthesis starts (or falls behind)
-                    next_at = loop.time()
-                await self._send(text)
-                self.frames_sent += 1
-                if (
-                    self._probe is not None
-                    and self.frames_sent % PROBE_EVERY_FRAMES == 0
-                    and self._probe() > MAX_SEND_BUFFER_BYTES
-                ):
-                    raise SendBufferExceeded
-                next_at += FRAME_SECONDS
-                delay = next_at - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                elif delay < -MAX_PACER_LAG_S:
-                    next_at = loop.time()
-        except SendBufferExceeded:
-            self._forget_pacer()
-            await self._on_stuck()
-        finally:
-            self._forget_pacer()
-
-    def _forget_pacer(self) -> None:
-        # A cancelled pacer finishes later than clear() returns: never forget its successor.
-        if self._pacer is asyncio.current_task():
-            self._pacer = None
-
-    def on_mark(self, name: str) -> Utterance | None:
-        """Twilio echoed a mark: that utterance has played (unknown/cleared marks are ignored)."""
-        return self.awaiting.pop(name, None)
-
-    def clear(self) -> list[Utterance]:
-        """Drop everything not yet confirmed played (barge-in, close); returns those utterances."""
-        dropped = list(self.awaiting.values()) + list(self.queue)
-        self.awaiting.clear()
-        self.queue.clear()
-        for utterance in dropped:
-            if utterance.task is not None and not utterance.task.done():
-                utterance.task.cancel()
-        if self._pacer is not None:
-            self._pacer.cancel()
-            self._pacer = None
-        return dropped
-
-    def close(self) -> list[Utterance]:
-        self.closed = True
-        return self.clear()
-
-
-# --------------------------------------------------------------------------------------------------
-# The consumer
-# --------------------------------------------------------------------------------------------------
-
-
 @dataclass
 class StreamCounters:
     media_in: int = 0
@@ -394,7 +113,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self.config = get_config()
         limits = self.config.streaming
         self.owner = uuid.uuid4().hex
-        self.client_ip = _client_ip(self.scope, self.config)
+        self.client_ip = client_ip(self.scope, self.config)
         self.counters = StreamCounters()
         self.holds_socket = self.pending = self.closing = self.starting = self.call_ended = False
         self.session: streams.AdmittedStream | None = None
@@ -431,12 +150,9 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         self.closing = True
-        protocol = _daphne_protocol(self.base_send)
-        if code != CLOSE_NORMAL and getattr(protocol, "state", None) == getattr(protocol, "STATE_OPEN", object()):
-            # daphne's close goes through autobahn's public sendClose, which only allows 1000 and
-            # 3000-4999; RFC 6455 §7.4.1 defines 1008/1013 for exactly these cases, so send the frame
-            # the way daphne itself sends its 1011 (``sendCloseFrame``). Other servers take the code.
-            protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123] or None, isReply=False)
+        # 1008/1013 through the compat shim under daphne (its ASGI close refuses them); other servers
+        # take the code through ASGI.
+        if code != CLOSE_NORMAL and compat.send_close_code(self.base_send, code, reason):
             return
         await self.close(code=code, reason=reason or None)
 
@@ -520,13 +236,13 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self.jobs = asyncio.Queue()
         _spawn(self._run_jobs(self.jobs), f"stream-jobs {session.call_id}")
         global _probe_warning_logged
-        probe = _send_buffer_probe(self.base_send)
+        probe = compat.send_buffer_probe(self.base_send)
         if probe is None and not _probe_warning_logged:
             _probe_warning_logged = True
             logger.warning("media streams: no send-buffer probe for this server; back-pressure is not detected")
         synthesizer = None
         try:
-            synthesizer = TelephonySynthesizer.from_config(self.config)
+            synthesizer = TelephonySynthesizer.from_settings(self.config.provider_settings)
         except TtsUnavailable as exc:
             self.tts_problem = str(exc)
             logger.warning("media stream of call %s has no speech output: %s", session.call_id, exc)
@@ -540,7 +256,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         )
         try:
             self.stt = RealtimeTranscriber(
-                stt_settings(self.config),
+                stt_settings(self.config.provider_settings),
                 on_speech_start=self._on_speech_start,
                 on_final=self._on_final_transcript,
                 on_partial=self._on_partial_transcript,
@@ -760,4 +476,3 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
 
         self._job(finish)
         self.jobs.put_nowait(None)  # the job runner stops after the clean-up
-

@@ -2,7 +2,11 @@
 
 Order: POST only → signature headers present → per-IP in-flight cap → body size cap → signature
 verification → replay check → parse → one transaction → answer. No outbound HTTP happens here:
-carrier commands triggered by an event are queued for Celery on commit.
+carrier commands triggered by an event leave the domain after commit (``calls.services.effects``).
+
+Under daphne the ASGI gate (``webhook_gate``) has done the cheap checks and holds the request's
+in-flight slot already; the view repeats the checks as a second line (under another server, or the
+test client) and takes the slot itself only when the gate did not.
 """
 
 from __future__ import annotations
@@ -15,23 +19,19 @@ from django.views.decorators.csrf import csrf_exempt
 
 from calls import services
 from calls.config import get_config
-from calls.security import (
+from calls.interfaces.limits import GATE_SLOT_KEY, MAX_BODY_BYTES, WEBHOOK_LIMITER
+from providers.base import WebhookParseError
+from providers.security import (
     ForwardingTrust,
-    InFlightLimiter,
     WebhookRequest,
     header,
     redact_url,
     skip_mode_replay_key,
     stream_client_ip,
 )
-from providers import get_provider
-from providers.base import WebhookParseError
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024
-IN_FLIGHT_PER_IP = 8
-_limiter = InFlightLimiter(max_per_key=IN_FLIGHT_PER_IP)
 
 
 def _wire_path(request: HttpRequest) -> str:
@@ -62,7 +62,7 @@ def _plain(status: int, text: str) -> HttpResponse:
 @csrf_exempt
 def carrier_webhook(request: HttpRequest) -> HttpResponse:
     config = get_config()
-    provider = get_provider(config)
+    provider = services.carrier(config)
     if request.method != "POST":
         return _plain(405, "Method Not Allowed")
     head = webhook_request_from(request)
@@ -78,8 +78,11 @@ def carrier_webhook(request: HttpRequest) -> HttpResponse:
         return _plain(413, "Payload Too Large")
     # Keyed like the ASGI gate: the client IP under the trusted-proxy rules, so clients behind one
     # trusted proxy do not share a single bucket.
-    remote = stream_client_ip(head.remote_addr, head.headers, ForwardingTrust.from_config(config, head.remote_addr))
-    if not _limiter.acquire(remote):
+    trust = ForwardingTrust.for_request(config.provider_settings.webhook_trust, head.remote_addr)
+    remote = stream_client_ip(head.remote_addr, head.headers, trust)
+    scope = getattr(request, "scope", None)
+    holds_gate_slot = isinstance(scope, dict) and bool(scope.get(GATE_SLOT_KEY))
+    if not holds_gate_slot and not WEBHOOK_LIMITER.acquire(remote):
         return _plain(429, "Too Many Requests")
     try:
         body = request.body
@@ -109,4 +112,5 @@ def carrier_webhook(request: HttpRequest) -> HttpResponse:
         reply = result.reply
         return HttpResponse(reply.body, status=reply.status, content_type=reply.content_type)
     finally:
-        _limiter.release(remote)
+        if not holds_gate_slot:
+            WEBHOOK_LIMITER.release(remote)

@@ -1,9 +1,10 @@
-"""Media-stream services: stream tokens, the one-stream-per-call lease, and control messages.
+"""Stream control: stream tokens, the one-stream-per-call lease, and control messages.
 
-The Channels consumer that holds a call's Twilio media stream (``calls/consumers.py``) owns that
+The Channels consumer that holds a call's media stream (``calls.media.consumer``) owns that
 call's audio. Everything else -- the CLI, RPC, admin, Celery tasks, other daphne processes -- reaches
 it through the channel layer group of the call (``group_name``), never by sending audio through
-Redis (DESIGN.md "Flows"). This module is the service side of that arrangement:
+Redis (DESIGN.md "Flows"). This module is the control side of that arrangement, and it is what the
+domain's stream port (``calls.services.effects.StreamPort``) is bound to (``register``):
 
 * **Stream token** (fact sheet §3.1/§5.3): ``mint_stream_token`` gives the token the ``<Stream>``
   TwiML carries as ``<Parameter name="token">``; ``check_stream_token`` verifies it timing-safe when
@@ -24,9 +25,10 @@ Redis (DESIGN.md "Flows"). This module is the service side of that arrangement:
   (CLI, Celery, RPC threads) blocking on a channel-layer receive via ``async_to_sync``. The
   acknowledgement means "queued for playback": a TTS failure after it is recorded on the call
   (``last_error``, the utterance marked ``interrupted``), not raised to the speaker.
-* **Hook points**: ``services._speak_now`` routes speech here when the call has a live stream;
-  ``services.end_call`` closes the stream after the carrier hang-up; ``services.process_webhook``
-  asks ``with_stream_token`` for the token the Twilio reply's ``<Stream>`` carries.
+* **The port**: speech on a call with a live stream comes here (``speak_via_stream``; the
+  transcript and state are written by ``calls.services.turns``); ``end_call`` closes the stream
+  after the carrier hang-up; a webhook reply asks ``stream_token`` for the token its ``<Stream>``
+  carries.
 * **Recording** what happened on the stream (caller speech, DTMF, played/interrupted utterances)
   goes through ``services.apply_event`` like every carrier event.
 
@@ -38,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import hashlib
 import hmac
 import logging
@@ -56,10 +57,13 @@ from django.db import connection, transaction
 from calls import services
 from calls.config import get_config
 from calls.models import Call, Speaker, TranscriptEntry
-from calls.notify import publish_call_update
+from calls.services import ingest, turns
+from calls.services.call_updates import publish_call_update
+from calls.services.effects import register_streams
+from calls.services.records import carrier
 from calls.state import CallState
-from providers import get_provider
-from providers.base import CallSnapshot, EventType, NormalizedEvent
+from providers.base import EventType, NormalizedEvent
+from providers.twilio_stream import streaming_possible
 
 logger = logging.getLogger(__name__)
 
@@ -126,17 +130,15 @@ def mint_stream_token(call: Call | str) -> str:
     return _derive_token(call_id, nonce)
 
 
-def with_stream_token(provider: Any, call: Call, call_snapshot: CallSnapshot) -> CallSnapshot:
-    """The snapshot a webhook reply is rendered from, with ``stream_token`` set when this call is to
-    be connected to a media stream: a live Twilio conversation call (notify calls keep ``<Say>``,
-    fact sheet §6.1) while streaming is possible (enabled, a public URL, telephony TTS usable)."""
-    from providers.twilio_stream import streaming_possible
-
+def stream_token(provider: Any, call: Call) -> str | None:
+    """The token a webhook reply's ``<Stream>`` carries, when this call is to be connected to a media
+    stream: a live Twilio conversation call (notify calls keep ``<Say>``, fact sheet §6.1) while
+    streaming is possible (enabled, a public URL, telephony TTS usable); else None."""
     if provider.name != "twilio" or call.is_terminal or call.mode != "conversation":
-        return call_snapshot
-    if not streaming_possible(provider.config):
-        return call_snapshot
-    return dataclasses.replace(call_snapshot, stream_token=mint_stream_token(call))
+        return None
+    if not streaming_possible(provider.settings):
+        return None
+    return mint_stream_token(call)
 
 
 def check_stream_token(call: Call, token: str | None) -> bool:
@@ -340,33 +342,17 @@ def send_stream_command(call_id: str, message: dict[str, Any], *, timeout: float
 
 
 def speak_via_stream(call: Call, text: str, *, listen_after: bool, turn_token: str | None) -> None:
-    """``services._speak_now`` for a call with a live media stream: record the utterance, hand it to
-    the consumer holding the socket (TTS over the stream), and require its acknowledgement.
+    """The stream port's ``speak``: record the utterance, hand it to the consumer holding the socket
+    (TTS over the stream), and require its acknowledgement.
 
     The transcript entry is written first so the consumer can mark it ``interrupted`` on barge-in; if
-    the consumer never acknowledges, the entry is removed and the failure reported.
+    the consumer never acknowledges, the entry is removed and the failure reported (``ServiceError``).
     """
     call_id = str(call.id)
-    with transaction.atomic():
-        locked = Call.objects.select_for_update().get(id=call_id)
-        if locked.is_terminal:
-            raise services.ServiceError(services.CALL_HAS_ENDED)
-        # The intro of an outbound conversation is not interruptible (fact sheet §5.5).
-        initial = (
-            locked.direction == "outbound"
-            and locked.mode == "conversation"
-            and bool(locked.initial_message)
-            and text == locked.initial_message
-            and not locked.transcript.filter(speaker=Speaker.BOT).exists()
-        )
-        services._transition(locked, CallState.SPEAKING.value)
-        locked.save()
-        entry = TranscriptEntry.objects.create(
-            call=locked, speaker=Speaker.BOT, text=text, turn_token=turn_token or ""
-        )
+    utterance = turns.begin_stream_utterance(call_id, text, turn_token=turn_token)
     result = send_stream_command(
         call_id,
-        {"type": "stream.speak", "text": text, "entry_id": entry.id, "initial": initial},
+        {"type": "stream.speak", "text": text, "entry_id": utterance.entry_id, "initial": utterance.initial},
     )
     if result.deferred:
         return
@@ -375,18 +361,7 @@ def speak_via_stream(call: Call, text: str, *, listen_after: bool, turn_token: s
         error = STREAM_NOT_ACKNOWLEDGED.format(what="speech", seconds=result.timeout, id=result.id)
     elif not result.ok:
         error = STREAM_COMMAND_FAILED.format(what="speech", error=result.ack.get("error") or "unknown error")
-    with transaction.atomic():
-        locked = Call.objects.select_for_update().get(id=call_id)
-        if error:
-            TranscriptEntry.objects.filter(id=entry.id).delete()
-            locked.last_error = error[:2000]
-            services._transition(locked, CallState.LISTENING.value)
-            locked.save()
-        elif listen_after and services._transition(locked, CallState.LISTENING.value):
-            locked.save()
-    publish_call_update(call_id)
-    if error:
-        raise services.ServiceError(error)
+    turns.settle_stream_utterance(call_id, utterance.entry_id, error=error, listen_after=listen_after)
 
 
 def ping_stream(call_id: str, *, timeout: float | None = None) -> float | None:
@@ -410,15 +385,15 @@ def close_stream(call_id: str) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-def _apply(event: NormalizedEvent) -> services.EventOutcome:
+def _apply(event: NormalizedEvent) -> ingest.EventOutcome:
     with transaction.atomic():
-        return services.apply_event(get_provider(), event)
+        return ingest.apply_event(carrier(), event)
 
 
 def record_caller_speech(*, call_id: str, call_sid: str, stream_sid: str, item_id: str, text: str) -> bool:
     """A final transcript from the stream's STT: a ``call.speech`` event carrying the call's pending
     turn token (read under the row lock), so a waiting ``continue`` gets it. True when recorded."""
-    provider = get_provider()
+    provider = carrier()
     with transaction.atomic():
         call = Call.objects.select_for_update().filter(id=call_id).first()
         if call is None or call.is_terminal:
@@ -434,7 +409,7 @@ def record_caller_speech(*, call_id: str, call_sid: str, stream_sid: str, item_i
             raw={"streamSid": stream_sid, "itemId": item_id},
         )
         # A caller utterance no ``continue`` waits for goes to the auto-responder (apply_event queues it).
-        outcome = services.apply_event(provider, event)
+        outcome = ingest.apply_event(provider, event)
     return bool(outcome.user_transcript)
 
 
@@ -503,3 +478,17 @@ def end_call_after_stream_loss(call_id: str) -> bool:
         return False
     logger.info("call %s ended: media stream closed without reconnect", call_id)
     return True
+
+
+class MediaStreams:
+    """The domain's stream port (``calls.services.effects.StreamPort``), bound to this module."""
+
+    has_live_stream = staticmethod(has_live_stream)
+    speak = staticmethod(speak_via_stream)
+    stream_token = staticmethod(stream_token)
+    close = staticmethod(close_stream)
+
+
+def register() -> None:
+    """Bind the domain's stream port to the media layer (``calls.apps`` does it at start-up)."""
+    register_streams(MediaStreams())

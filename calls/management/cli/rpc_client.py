@@ -23,7 +23,7 @@ import requests
 import urllib3.exceptions
 
 from calls.config import VoiceCallConfig
-from calls.rpc_auth import rpc_token
+from calls.interfaces.rpc_auth import rpc_token
 
 CONNECT_TIMEOUT_SECONDS = 2.0
 DEFAULT_READ_TIMEOUT_SECONDS = 30.0

@@ -6,7 +6,7 @@ pollTimeoutMs}`` at once; ``voicecall.continue.result`` answers ``pending`` unti
 it. Every finished operation is gone five minutes after it finished, read or not.
 
 The operation row lives in the database, so the poll may land on any server process. The turn itself
-(``services.continue_call``: speak, listen, wait for the caller) runs in a daemon thread of the
+(``continue_call``: speak, listen, wait for the caller) runs in a daemon thread of the
 process that accepted ``start``; it holds no transaction while it waits. If that process dies, the
 row stays ``pending`` until ``deadline_at`` (created + ``pollTimeoutMs``) and is then reported failed.
 """
@@ -22,9 +22,10 @@ from typing import Any
 from django.db import close_old_connections, connections, transaction
 from django.utils import timezone
 
-from calls import services
 from calls.config import get_config
 from calls.models import ContinueOperation
+from calls.services.records import ServiceError
+from calls.services.turns import continue_call
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,8 @@ def run_operation(operation_id: str) -> None:
     if operation is None:
         return
     try:
-        transcript = services.continue_call(operation.call_ref, operation.message)
-    except services.ServiceError as exc:
+        transcript = continue_call(operation.call_ref, operation.message)
+    except ServiceError as exc:
         _finish(operation_id, error=str(exc))
     except Exception:
         logger.exception("continue operation %s failed unexpectedly", operation_id)
@@ -100,17 +101,17 @@ def _finish(operation_id: str, *, transcript: str | None = None, error: str | No
 def take_result(operation_id: str) -> dict[str, Any]:
     """The poll answer. A finished result is returned once, then deleted.
 
-    Raises ``services.ServiceError(OPERATION_NOT_FOUND)`` for unknown, already-read or expired ids.
+    Raises ``ServiceError(OPERATION_NOT_FOUND)`` for unknown, already-read or expired ids.
     """
     try:
         operation_id = str(uuid.UUID(str(operation_id)))
     except ValueError:
-        raise services.ServiceError(OPERATION_NOT_FOUND) from None
+        raise ServiceError(OPERATION_NOT_FOUND) from None
     purge_expired()
     with transaction.atomic():
         operation = ContinueOperation.objects.select_for_update().filter(id=operation_id).first()
         if operation is None:
-            raise services.ServiceError(OPERATION_NOT_FOUND)
+            raise ServiceError(OPERATION_NOT_FOUND)
         if operation.status == ContinueOperation.Status.PENDING:
             if timezone.now() <= operation.deadline_at:
                 return pending_payload(operation)

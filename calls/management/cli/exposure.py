@@ -40,7 +40,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from calls.config import VoiceCallConfig
-from calls.security import is_local_or_private_host
+from providers.security import is_local_or_private_host
 
 logger = logging.getLogger(__name__)
 

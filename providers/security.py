@@ -10,7 +10,7 @@ Reading order:
 2. `ForwardingTrust` / `forwarding_headers_trusted` — may we believe X-Forwarded-* (OC §4.2, §4.3)?
 3. `reconstruct_public_url` / `verification_url` / `url_port_variants` — the URL the carrier signed.
 4. `verify_twilio_signature` — X-Twilio-Signature via the official SDK (protocols §1).
-5. Replay keys, URL redaction, local/private host checks, media-stream client IP, in-flight limiter.
+5. Replay keys, URL redaction, local/private host checks, media-stream client IP.
 
 Decisions worth knowing:
 * Forwarding headers are never trusted by default; a bad or disallowed forwarded host silently falls
@@ -27,12 +27,9 @@ import hashlib
 import ipaddress
 import re
 import socket
-import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from twilio.request_validator import (
@@ -43,6 +40,8 @@ from twilio.request_validator import (
     RequestValidator,
     get_signature_algorithm,
 )
+
+from providers.settings import WebhookTrustSettings
 
 # Forwarded-host headers in the order they are consulted (OC §4.2).
 FORWARDED_HOST_HEADERS = ("X-Forwarded-Host", "X-Original-Host", "Ngrok-Forwarded-Host")
@@ -134,28 +133,21 @@ class ForwardingTrust:
     allowed_hosts: tuple[str, ...] = ()
     trust_forwarding_headers: bool = False
     trusted_proxy_ips: tuple[str, ...] = ()
-    ngrok_loopback_bypass: bool = False  # already resolved for this request, see `from_config`
+    ngrok_loopback_bypass: bool = False  # already resolved for this request, see `for_request`
 
     @classmethod
-    def from_config(cls, cfg: Any, remote_addr: str | None) -> ForwardingTrust:
-        """Resolve the config for a request from `remote_addr`.
+    def for_request(cls, trust: WebhookTrustSettings, remote_addr: str | None) -> ForwardingTrust:
+        """The deployment's trust settings, resolved for a request from `remote_addr`.
 
-        OC §4.3 "ngrok free-tier mode": `tunnel.allow_ngrok_free_tier_loopback_bypass` is effective
-        only when the tunnel is ngrok, the server binds loopback and the request came over loopback
-        (i.e. from the local ngrok agent).
+        OC §4.3 "ngrok free-tier mode": the loopback bypass is effective only when it is configured
+        (tunnel ngrok, bypass allowed, server bound to loopback: `trust.ngrok_loopback_bypass`) and
+        the request came over loopback (i.e. from the local ngrok agent).
         """
-        security, tunnel = cfg.webhook_security, cfg.tunnel
-        bypass = bool(
-            tunnel.allow_ngrok_free_tier_loopback_bypass
-            and tunnel.provider == "ngrok"
-            and is_loopback_address(cfg.serve.bind)
-            and is_loopback_address(remote_addr)
-        )
         return cls(
-            allowed_hosts=tuple(h.strip().lower() for h in security.allowed_hosts or () if h.strip()),
-            trust_forwarding_headers=bool(security.trust_forwarding_headers),
-            trusted_proxy_ips=tuple(security.trusted_proxy_ips or ()),
-            ngrok_loopback_bypass=bypass,
+            allowed_hosts=trust.allowed_hosts,
+            trust_forwarding_headers=trust.trust_forwarding_headers,
+            trusted_proxy_ips=trust.trusted_proxy_ips,
+            ngrok_loopback_bypass=trust.ngrok_loopback_bypass and is_loopback_address(remote_addr),
         )
 
 
@@ -344,9 +336,13 @@ class _MultiParams:
         return self._values[key]
 
 
-def _is_form(req: WebhookRequest) -> bool:
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+
+def has_form_body(req: WebhookRequest) -> bool:
+    """The body is form-encoded: that content type, or none (carriers' default for callbacks)."""
     content_type = (header(req, "Content-Type") or "").split(";", 1)[0].strip().lower()
-    return req.method.upper() != "GET" and content_type in ("", "application/x-www-form-urlencoded")
+    return content_type in ("", FORM_CONTENT_TYPE)
 
 
 def _body_sha256(url: str) -> str | None:
@@ -379,7 +375,7 @@ def verify_twilio_signature(req: WebhookRequest, auth_token: str, urls: Sequence
         return SignatureCheck(False, REASON_NO_URL)
 
     validator = RequestValidator(auth_token)
-    form = _MultiParams(req.form_params if _is_form(req) else ())
+    form = _MultiParams(req.form_params if req.method.upper() != "GET" and has_form_body(req) else ())
     raw_body = req.body.decode("utf-8", errors="replace")
     for url in candidates:
         params: str | _MultiParams = raw_body if _body_sha256(url) is not None else form
@@ -489,58 +485,3 @@ def stream_client_ip(remote_addr: str | None, headers: Mapping[str, str], trust:
         return _normalize_ip(untrusted[0] if untrusted else hops[0])
     real_ip = (header(headers, "X-Real-IP") or "").strip()
     return _normalize_ip(real_ip) if real_ip else socket_ip
-
-
-# --- per-key in-flight limit ---------------------------------------------------------------------
-
-
-class TooManyInFlight(Exception):
-    """Raised by `InFlightLimiter.slot`; interfaces answer 429 Too Many Requests."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(f"too many in-flight requests for {key}")
-        self.key = key
-
-
-class InFlightLimiter:
-    """OC §4.1 step 5: at most `max_per_key` concurrent requests per key (the socket address), 429
-    beyond. Thread-safe; per process (each daphne/gunicorn process has its own counts). A missing key
-    shares the `UNKNOWN_CLIENT` bucket."""
-
-    def __init__(self, max_per_key: int = 8) -> None:
-        if max_per_key < 1:
-            raise ValueError("max_per_key must be at least 1")
-        self.max_per_key = max_per_key
-        self._counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def acquire(self, key: str | None) -> bool:
-        key = key or UNKNOWN_CLIENT
-        with self._lock:
-            count = self._counts.get(key, 0)
-            if count >= self.max_per_key:
-                return False
-            self._counts[key] = count + 1
-            return True
-
-    def release(self, key: str | None) -> None:
-        key = key or UNKNOWN_CLIENT
-        with self._lock:
-            count = self._counts.get(key, 0) - 1
-            if count > 0:
-                self._counts[key] = count
-            else:
-                self._counts.pop(key, None)
-
-    def in_flight(self, key: str | None) -> int:
-        with self._lock:
-            return self._counts.get(key or UNKNOWN_CLIENT, 0)
-
-    @contextmanager
-    def slot(self, key: str | None) -> Iterator[None]:
-        if not self.acquire(key):
-            raise TooManyInFlight(key or UNKNOWN_CLIENT)
-        try:
-            yield
-        finally:
-            self.release(key)

@@ -40,7 +40,15 @@ from django.views.decorators.csrf import csrf_exempt
 
 from calls import services
 from calls.config import ConfigError, get_config
-from calls.rpc_auth import bearer_ok, unauthorized
+from calls.interfaces.arguments import (
+    CALL_ID_AND_DIGITS_REQUIRED,
+    CALL_ID_AND_MESSAGE_REQUIRED,
+    CALL_ID_REQUIRED,
+    ArgumentError,
+    initiated,
+)
+from calls.interfaces.arguments import text as _text
+from calls.interfaces.rpc_auth import bearer_ok, unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +58,6 @@ MAX_BODY_BYTES = 64 * 1024
 # Validation messages (fact sheet §9.1); SKILL.md explains each one.
 MESSAGE_REQUIRED = services.MESSAGE_REQUIRED  # "message required"
 TO_REQUIRED = services.TO_REQUIRED  # "to required"
-CALL_ID_AND_MESSAGE_REQUIRED = "callId and message required"
-CALL_ID_AND_DIGITS_REQUIRED = "callId and digits required"
-CALL_ID_REQUIRED = "callId required"
 SID_REQUIRED = "sid required for status"
 TO_REQUIRED_FOR_CALL = "to required for call"
 LEGACY_MODE_INVALID = "mode must be call or status when no action is given"
@@ -135,22 +140,12 @@ TOOL_SCHEMA: dict[str, Any] = {
 }
 
 
-class ToolInputError(Exception):
-    """Arguments the tool cannot act on; the message goes back to the agent."""
-
-
-def _text(arguments: dict[str, Any], name: str) -> str | None:
-    value = arguments.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ToolInputError(f"{name} must be a string")
-    return value.strip() or None
+#: Arguments the tool cannot act on; the message goes back to the agent.
+ToolInputError = ArgumentError
 
 
 def _initiate(to: str | None, message: str | None, mode: str | None) -> dict[str, Any]:
-    call = services.initiate_call(to=to, message=message, mode=mode)
-    return {"callId": str(call.id), "initiated": True}
+    return initiated(services.initiate_call(to=to, message=message, mode=mode))
 
 
 def _run(arguments: dict[str, Any]) -> dict[str, Any]:

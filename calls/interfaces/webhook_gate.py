@@ -10,17 +10,19 @@ Only requests for ``serve.path`` are guarded; every other path passes through un
    the headers alone, before the body is read (skipped with ``skipSignatureVerification``);
 4. a declared ``Content-Length`` over 64 KB is ``413`` at once;
 5. per-client in-flight cap (8), keyed by the client IP resolved with the trusted-proxy rules
-   (``calls.security.stream_client_ip``), else ``429``;
+   (``providers.security.stream_client_ip``), else ``429``; the slot is the process's one webhook
+   limiter (``calls.interfaces.limits``), held until the response is sent and marked in the scope
+   so the view does not take a second;
 6. the body is read with a 64 KB cap (``413`` as soon as it is exceeded, nothing more buffered) and
    a 5 s deadline (``408``), then handed to Django.
 
-The Django view repeats the cheap checks as a second line (``calls/webhooks.py``).
+The Django view repeats the cheap checks as a second line (``calls.interfaces.webhooks``).
 
 Daphne note: Twisted (under daphne) buffers a whole request body before the ASGI application is
 even called, so an ASGI middleware alone cannot refuse a request before its body arrives nor time
 out a stalled body. ``install_daphne_early_gate`` therefore applies steps 1-4 and 6 at the Twisted
-level as well (a subclass of daphne's request class, installed when the ASGI module is loaded by
-daphne). Step 5 runs in the ASGI gate, which holds the slot until the response is sent. Under an ASGI
+level as well (a subclass of daphne's request class, installed through ``voicecall_site.compat``
+when the ASGI module is loaded by daphne). Step 5 runs in the ASGI gate, which holds the slot until the response is sent. Under an ASGI
 server that streams bodies (uvicorn, hypercorn) the ASGI gate alone does all six steps.
 """
 
@@ -29,16 +31,16 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
 from calls.config import ConfigError, VoiceCallConfig, get_config
-from calls.security import ForwardingTrust, InFlightLimiter, header, stream_client_ip
-from calls.webhooks import IN_FLIGHT_PER_IP, MAX_BODY_BYTES
+from calls.interfaces.limits import GATE_SLOT_KEY, MAX_BODY_BYTES, WEBHOOK_LIMITER, InFlightLimiter
 from providers import provider_class
+from providers.security import ForwardingTrust, header, stream_client_ip
+from voicecall_site import compat
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +59,6 @@ STATUS_TEXT: dict[int, str] = {
     429: "Too Many Requests",
 }
 
-_limiter = InFlightLimiter(max_per_key=IN_FLIGHT_PER_IP)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ class WebhookGate:
 
     def __init__(self, app, *, limiter: InFlightLimiter | None = None) -> None:
         self.app = app
-        self.limiter = limiter or _limiter
+        self.limiter = limiter or WEBHOOK_LIMITER
 
     async def __call__(self, scope, receive, send) -> None:
         if scope.get("type") != "http":
@@ -200,7 +201,9 @@ class WebhookGate:
             return
 
         remote = (scope.get("client") or (None,))[0]
-        client_ip = stream_client_ip(remote, headers, ForwardingTrust.from_config(config, remote))
+        client_ip = stream_client_ip(
+            remote, headers, ForwardingTrust.for_request(config.provider_settings.webhook_trust, remote)
+        )
         if not self.limiter.acquire(client_ip):
             _log_refusal(429, f"more than {self.limiter.max_per_key} requests in flight", config)
             await _respond(send, 429)
@@ -227,8 +230,9 @@ class WebhookGate:
                     return {"type": "http.request", "body": body, "more_body": False}
                 return await receive()
 
+            scope = {**scope, GATE_SLOT_KEY: True}
             if verdict.canonical_path:
-                scope = {**scope, "path": verdict.canonical_path}  # raw_path keeps what was signed
+                scope["path"] = verdict.canonical_path  # raw_path keeps what was signed
             await self.app(scope, replay_receive, send)
         finally:
             self.limiter.release(client_ip)
@@ -259,7 +263,6 @@ def _make_gated_request(base: type) -> type:
         body byte) and ``handleContentChunk``. A refused request never reaches daphne's ``process``.
         """
 
-        voicecall_early_gate = True
         _gate_config: VoiceCallConfig | None = None
         _gate_limit: int | None = None
         _gate_received = 0
@@ -302,10 +305,10 @@ def _make_gated_request(base: type) -> type:
             """The head verdict for a guarded request, None for any other (or when Twisted's
             request line is not where this version keeps it: the ASGI gate still checks)."""
             config = self._gate_config = _current_config()
-            command = getattr(self.channel, "_command", None)
-            target = getattr(self.channel, "_path", None)
-            if config is None or not command or target is None:
+            request_line = compat.twisted_request_line(self)
+            if config is None or request_line is None:
                 return None
+            command, target = request_line
             if (self.requestHeaders.getRawHeaders(b"Upgrade") or [b""])[0].lower() == b"websocket":
                 return None  # the media-stream socket has its own admission rules (calls/consumers.py)
             path = unquote(target.split(b"?", 1)[0].decode("latin-1"))
@@ -354,13 +357,6 @@ def _abort_if_open(transport) -> None:
 
 
 def install_daphne_early_gate() -> bool:
-    """Use the gated request class in daphne's HTTP factory. Only under daphne (its server module is
-    loaded, so the asyncio reactor is installed); idempotent. Returns whether the gate is active."""
-    if "daphne.server" not in sys.modules:
-        return False
-    from daphne import http_protocol
-
-    if getattr(http_protocol.WebRequest, "voicecall_early_gate", False):
-        return True
-    http_protocol.WebRequest = _make_gated_request(http_protocol.WebRequest)
-    return True
+    """Use the gated request class in daphne's HTTP factory (``voicecall_site.compat``); only under
+    daphne, idempotent. Returns whether the gate is active."""
+    return compat.install_daphne_request_class(_make_gated_request)

@@ -1,0 +1,199 @@
+"""Speech out on one media stream: a FIFO of utterances, deadline-paced 20 ms frames, marks.
+
+Synthesis starts when an utterance is queued and audio is sent as soon as the first TTS bytes are
+converted; frames go out on a deadline clock (``next += 0.020`` on the loop clock, so no drift however
+long the call), with mu-law silence while synthesis has not produced audio yet. A ``mark`` follows
+each utterance; it counts as played when the carrier echoes it. Past ``MAX_SEND_BUFFER_BYTES`` sent
+but not taken by the peer, the peer is not reading and the stream is closed (fact sheet §5.4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from providers.audio import FRAME_SECONDS, silence_frame
+from providers.tts import TelephonySynthesizer, TtsError
+from providers.twilio_stream import OutboundFrames
+
+logger = logging.getLogger(__name__)
+
+#: Send-buffer limit before a socket counts as stuck (fact sheet §5.4: 1 MiB). Overridable for
+#: links known to be slow (and for the back-pressure test) with VOICECALL_STREAM_MAX_SEND_BUFFER.
+MAX_SEND_BUFFER_BYTES = int(os.environ.get("VOICECALL_STREAM_MAX_SEND_BUFFER", str(1024 * 1024)))
+PROBE_EVERY_FRAMES = 5  # check the send buffer every 100 ms of audio (one ioctl)
+MAX_PENDING_UTTERANCES = 8  # fact sheet §5.4 (later): the queue rejects more
+MAX_PACER_LAG_S = 0.2  # behind by more than this (a stalled loop): resynchronise, don't burst
+
+QUEUE_FULL = f"Telephony TTS queue is full for stream; maxPending={MAX_PENDING_UTTERANCES}"
+STREAM_CLOSING = "Media stream is closing"
+
+
+@dataclass(eq=False)
+class Utterance:
+    id: str
+    text: str
+    entry_id: int | None
+    initial: bool
+    frames: deque[bytes] = field(default_factory=deque)
+    done: bool = False  # synthesis finished (or failed)
+    error: str | None = None
+    sent: int = 0
+    mark: str = ""
+    task: asyncio.Task | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # audio arrived / synthesis ended
+
+    async def wait_for_audio(self, timeout: float) -> bool:
+        """Whether frames (or the end of synthesis) are there, waiting up to ``timeout`` for them."""
+        self.changed.clear()
+        if self.frames or self.done or timeout <= 0:
+            return bool(self.frames or self.done)
+        try:
+            await asyncio.wait_for(self.changed.wait(), timeout)
+        except TimeoutError:
+            pass
+        return bool(self.frames or self.done)
+
+
+class SendBufferExceeded(Exception):
+    pass
+
+
+class Playback:
+    """One stream's outbound audio: FIFO of utterances, deadline-paced 20 ms frames, marks."""
+
+    def __init__(
+        self,
+        frames: OutboundFrames,
+        send: Callable[[str], Awaitable[None]],
+        synthesizer: TelephonySynthesizer | None,
+        *,
+        on_failed: Callable[[Utterance], None],
+        on_stuck: Callable[[], Awaitable[None]],
+        probe: Callable[[], int] | None,
+    ):
+        self.frames = frames
+        self._send = send
+        self.synthesizer = synthesizer
+        self._on_failed = on_failed
+        self._on_stuck = on_stuck
+        self._probe = probe
+        self.queue: deque[Utterance] = deque()
+        self.awaiting: dict[str, Utterance] = {}  # mark name -> sent utterance not yet confirmed played
+        self._pacer: asyncio.Task | None = None
+        self._silence = frames.media(silence_frame())
+        self.closed = False
+        self.frames_sent = 0
+
+    @property
+    def intro_active(self) -> bool:
+        """The outbound-conversation intro is queued, playing or not yet confirmed played."""
+        return any(u.initial for u in self.queue) or any(u.initial for u in self.awaiting.values())
+
+    def enqueue(self, utterance: Utterance) -> None:
+        if self.closed:
+            raise RuntimeError(STREAM_CLOSING)
+        if len(self.queue) >= MAX_PENDING_UTTERANCES:
+            raise OverflowError(QUEUE_FULL)
+        utterance.task = asyncio.get_running_loop().create_task(self._synthesize(utterance))
+        self.queue.append(utterance)
+        if self._pacer is None:
+            self._pacer = asyncio.get_running_loop().create_task(self._pace())
+
+    async def _synthesize(self, utterance: Utterance) -> None:
+        try:
+            async for frames in self.synthesizer.frames(utterance.text):
+                utterance.frames.extend(frames)
+                utterance.changed.set()
+        except TtsError as exc:
+            utterance.error = str(exc)
+        except Exception as exc:  # a vendor/library bug must not take the stream down
+            logger.exception("TTS failed")
+            utterance.error = f"TTS failed: {type(exc).__name__}"
+        finally:
+            utterance.done = True
+            utterance.changed.set()
+
+    async def _pace(self) -> None:
+        """Send one frame per 20 ms slot while anything is queued.
+
+        Deadlines, not sleeps: ``next_at`` advances by exactly one frame per frame sent, and we sleep
+        until it, so send and scheduling costs never accumulate into drift.
+
+        When a slot is due and the utterance has no audio yet (synthesis starting, or slower than real
+        time), we wait for audio up to one frame period past the due time: audio arriving in that
+        window goes out at once (the clock restarts from it), otherwise a silence frame keeps the
+        line alive. So a fast TTS is heard with no silence queued ahead of it.
+        """
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        try:
+            while self.queue and not self.closed:
+                utterance = self.queue[0]
+                if utterance.frames:
+                    text = self.frames.media(utterance.frames.popleft())
+                    utterance.sent += 1
+                elif utterance.done:
+                    self.queue.popleft()
+                    if utterance.error or utterance.sent == 0:
+                        self._on_failed(utterance)
+                        continue
+                    utterance.mark = f"utt-{utterance.id}"
+                    self.awaiting[utterance.mark] = utterance
+                    await self._send(self.frames.mark(utterance.mark))
+                    continue  # the next utterance starts in this same slot
+                else:
+                    if await utterance.wait_for_audio(next_at + FRAME_SECONDS - loop.time()):
+                        next_at = loop.time()
+                        continue
+                    text = self._silence  # keep-alive while synthesis starts (or falls behind)
+                    next_at = loop.time()
+                await self._send(text)
+                self.frames_sent += 1
+                if (
+                    self._probe is not None
+                    and self.frames_sent % PROBE_EVERY_FRAMES == 0
+                    and self._probe() > MAX_SEND_BUFFER_BYTES
+                ):
+                    raise SendBufferExceeded
+                next_at += FRAME_SECONDS
+                delay = next_at - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -MAX_PACER_LAG_S:
+                    next_at = loop.time()
+        except SendBufferExceeded:
+            self._forget_pacer()
+            await self._on_stuck()
+        finally:
+            self._forget_pacer()
+
+    def _forget_pacer(self) -> None:
+        # A cancelled pacer finishes later than clear() returns: never forget its successor.
+        if self._pacer is asyncio.current_task():
+            self._pacer = None
+
+    def on_mark(self, name: str) -> Utterance | None:
+        """Twilio echoed a mark: that utterance has played (unknown/cleared marks are ignored)."""
+        return self.awaiting.pop(name, None)
+
+    def clear(self) -> list[Utterance]:
+        """Drop everything not yet confirmed played (barge-in, close); returns those utterances."""
+        dropped = list(self.awaiting.values()) + list(self.queue)
+        self.awaiting.clear()
+        self.queue.clear()
+        for utterance in dropped:
+            if utterance.task is not None and not utterance.task.done():
+                utterance.task.cancel()
+        if self._pacer is not None:
+            self._pacer.cancel()
+            self._pacer = None
+        return dropped
+
+    def close(self) -> list[Utterance]:
+        self.closed = True
+        return self.clear()

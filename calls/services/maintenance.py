@@ -1,0 +1,120 @@
+"""Keeping the ledger honest over time: the stale-call reaper, max-duration enforcement after a
+restart, restoring live calls at start-up, and retention of replay receipts (fact sheet §2.7, §10)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from calls.config import get_config
+from calls.models import (
+    Call,
+    WebhookReceipt,
+)
+from calls.services.effects import Effect, dispatch
+from calls.services.lifecycle import end_call, enforce_max_duration, fail_call, safe_hangup
+from calls.services.records import (
+    PLACEMENT_INTERRUPTED,
+    RECEIPT_RETENTION,
+    ServiceError,
+    carrier,
+    finalize,
+    snapshot,
+)
+from calls.state import CallState
+from providers.base import (
+    ProviderError,
+)
+
+logger = logging.getLogger(__name__)
+
+def reap_stale_calls() -> dict[str, int]:
+    """End calls stuck before answer past ``staleCallReaperSeconds`` and answered calls past
+    ``maxDurationSeconds`` (fact sheet §10). A live conversation is never reaped for staleness."""
+    config = get_config()
+    now = timezone.now()
+    reaped = {"stale": 0, "maxDuration": 0}
+    if config.stale_call_reaper_seconds > 0:
+        cutoff = now - timedelta(seconds=config.stale_call_reaper_seconds)
+        stale = Call.objects.filter(
+            state__in=[CallState.INITIATED.value, CallState.RINGING.value],
+            answered_at__isnull=True,
+            started_at__lt=cutoff,
+        )
+        for call in stale:
+            if call.state == CallState.INITIATED.value and not call.provider_call_id and not call.metadata.get("dialClaimedAt"):
+                # Still queued for placement (e.g. no worker running): fail it rather than dial late.
+                fail_call(str(call.id), "not placed within staleCallReaperSeconds")
+            else:
+                try:
+                    end_call(str(call.id), reason=CallState.HANGUP_BOT.value)
+                except ServiceError:
+                    with transaction.atomic():
+                        locked = Call.objects.select_for_update().get(id=call.id)
+                        finalize(locked, CallState.HANGUP_BOT.value, error="reaped; carrier hang-up failed")
+            reaped["stale"] += 1
+    overdue = Call.objects.live().filter(
+        answered_at__lt=now - timedelta(seconds=config.max_duration_seconds)
+    )
+    for call in overdue:
+        if enforce_max_duration(str(call.id)):
+            reaped["maxDuration"] += 1
+    WebhookReceipt.objects.filter(received_at__lt=now - RECEIPT_RETENTION).delete()
+    if reaped["stale"] or reaped["maxDuration"]:
+        logger.info("reaper ended %s stale and %s over-long calls", reaped["stale"], reaped["maxDuration"])
+    return reaped
+
+
+def restore_calls() -> dict[str, int]:
+    """After a restart, re-check every live call with its carrier (fact sheet §2.7).
+
+    Calls past ``maxDurationSeconds`` are timed out (and hung up, errors ignored); calls the carrier
+    reports ended are closed with its reason; calls the carrier still has, or cannot tell us about,
+    stay live (the reaper and max-duration timer look after them). A call whose dial began but whose
+    carrier id was never stored is failed, never redialed. Nothing is lost from the ledger: events
+    and transcripts are already in the database.
+    """
+    config = get_config()
+    provider = carrier(config)
+    now = timezone.now()
+    summary = {"checked": 0, "resumed": 0, "timedOut": 0, "closed": 0, "failed": 0}
+    for call in Call.objects.live():
+        summary["checked"] += 1
+        call_id = str(call.id)
+        if not call.provider_call_id:
+            if call.metadata.get("dialClaimedAt"):
+                fail_call(call_id, PLACEMENT_INTERRUPTED)
+                summary["failed"] += 1
+            else:
+                summary["resumed"] += 1  # still queued: place_call is idempotent
+            continue
+        if now - call.started_at > timedelta(seconds=config.max_duration_seconds):
+            # Marked and saved first, then hung up (§2.7 order): the carrier's hang-up report can
+            # land before the request returns and must not end the call "completed" instead.
+            with transaction.atomic():
+                locked = Call.objects.select_for_update().get(id=call.id)
+                finalize(locked, CallState.TIMEOUT.value)
+            safe_hangup(provider, snapshot(call, config))
+            summary["timedOut"] += 1
+            continue
+        try:
+            status = provider.get_call_status(call.provider_call_id)
+        except ProviderError as exc:
+            logger.info("restore: status of call %s unknown (%s); keeping it", call_id, exc)
+            summary["resumed"] += 1
+            continue
+        if status.is_terminal:
+            with transaction.atomic():
+                locked = Call.objects.select_for_update().get(id=call.id)
+                finalize(locked, status.end_reason or CallState.COMPLETED.value)
+            summary["closed"] += 1
+        else:
+            summary["resumed"] += 1
+            if call.answered_at:
+                remaining = config.max_duration_seconds - (now - call.answered_at).total_seconds()
+                dispatch(Effect.ENFORCE_MAX_DURATION, call_id, delay=max(0, int(remaining) + 1))
+    logger.info("restore: %s", summary)
+    return summary

@@ -1,0 +1,173 @@
+"""Every use of a third-party library's private internals, in one place.
+
+Each entry names the pinned version it was written against (requirements.txt), why no public API
+does the job, and what breaks without it. ``tests/test_compat.py`` checks each one against the
+installed library and fails loudly, naming the entry, when an upgrade moves what it relies on --
+upgrade the pin and this module together.
+
+1. kombu 5.7.0 Redis channel: remember connection details so a worker survives a Redis restart.
+2. daphne 4.2.3 request class: refuse a carrier webhook from its head, before Twisted buffers the
+   body (the early webhook gate, ``calls/interfaces/webhook_gate.py``).
+3. daphne 4.2.3 / Twisted: the socket behind an ASGI ``send`` -- its send-buffer fill level
+   (back-pressure detection for media streams) and WebSocket close codes 1008/1013, which autobahn's
+   public ``sendClose`` refuses.
+
+Under another ASGI server than daphne, entries 2 and 3 find nothing and the callers fall back to
+what plain ASGI offers (logged once by the media consumer).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import struct
+import sys
+import termios
+from collections.abc import Callable
+from typing import Any
+
+# --------------------------------------------------------------------------------------------------
+# 1. kombu: a worker that survives its Redis broker restarting
+# --------------------------------------------------------------------------------------------------
+
+KOMBU_PATCHED_FLAG = "_voicecall_keeps_conninfo"
+
+
+def keep_kombu_redis_conninfo() -> None:
+    """Keep a worker alive when its Redis broker restarts (found by tests/test_reliability_redis.py).
+
+    With celery 5.7.0 / kombu 5.7.0, a worker that loses its Redis connection while it holds
+    unacknowledged messages -- a countdown task such as ``enforce_max_duration``, which it holds for
+    maxDurationSeconds, or a running ``acks_late`` task -- closes the broken connection twice: the
+    first close detaches the transport from its connection, the second tries to put those messages
+    back on the queue and needs the connection's host and port, gets ``None`` and raises
+    ``AttributeError``; the worker logs "Unrecoverable error" and exits. kombu has no public hook into
+    how a channel finds its connection parameters, so ``Channel.__init__`` remembers them and
+    ``Channel._connparams`` uses them while the transport is detached: the requeue then goes to the
+    (restarted) Redis, or fails with a connection error kombu already tolerates, and the worker
+    reconnects as designed. Idempotent.
+    """
+    from kombu.transport import redis as kombu_redis
+
+    channel = kombu_redis.Channel
+    if getattr(channel, KOMBU_PATCHED_FLAG, False):
+        return
+    original_init, original_connparams = channel.__init__, channel._connparams
+
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self._voicecall_conninfo = self.connection.client
+
+    def _connparams(self, asynchronous=False):
+        transport = self.connection
+        remembered = getattr(self, "_voicecall_conninfo", None)
+        if transport.client is not None or remembered is None:
+            return original_connparams(self, asynchronous=asynchronous)
+        transport.client = remembered  # only for the duration of the lookup
+        try:
+            return original_connparams(self, asynchronous=asynchronous)
+        finally:
+            transport.client = None
+
+    channel.__init__ = __init__
+    channel._connparams = _connparams
+    setattr(channel, KOMBU_PATCHED_FLAG, True)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. daphne: our own request class, for the early webhook gate
+# --------------------------------------------------------------------------------------------------
+
+DAPHNE_GATE_FLAG = "voicecall_early_gate"
+
+
+def install_daphne_request_class(make_subclass: Callable[[type], type]) -> bool:
+    """Make daphne build its HTTP requests from ``make_subclass(daphne's WebRequest)``.
+
+    Twisted buffers a whole request body before daphne calls the ASGI application, so an ASGI
+    middleware cannot refuse a request before its body arrives nor time out a stalled upload. daphne
+    offers no setting for the request class; its HTTP factory reads the module attribute
+    ``daphne.http_protocol.WebRequest``, so that is what is swapped. Only under daphne (its server
+    module is loaded, so the asyncio reactor is installed); idempotent. Returns whether it is active.
+    The subclass itself uses Twisted's public ``Request`` hooks (``gotLength``,
+    ``handleContentChunk``, ``requestReceived``).
+    """
+    if "daphne.server" not in sys.modules:
+        return False
+    from daphne import http_protocol
+
+    if getattr(http_protocol.WebRequest, DAPHNE_GATE_FLAG, False):
+        return True
+    gated = make_subclass(http_protocol.WebRequest)
+    setattr(gated, DAPHNE_GATE_FLAG, True)
+    http_protocol.WebRequest = gated
+    return True
+
+
+def twisted_request_line(request: Any) -> tuple[bytes, bytes] | None:
+    """``(method, target)`` of a Twisted request whose headers are parsed but whose body is not yet
+    read. Twisted sets ``Request.method``/``uri`` only once the body is complete; until then the
+    request line is held by the channel (``HTTPChannel._command`` / ``_path``, Twisted 25.5). None
+    when this Twisted version keeps it elsewhere (the ASGI gate still checks, after the body)."""
+    channel = getattr(request, "channel", None)
+    command, target = getattr(channel, "_command", None), getattr(channel, "_path", None)
+    if not command or target is None:
+        return None
+    return command, target
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. daphne / Twisted / autobahn: the WebSocket behind an ASGI send
+# --------------------------------------------------------------------------------------------------
+
+
+def daphne_protocol(send: Any) -> Any | None:
+    """daphne hands the app ``functools.partial(server.handle_reply, protocol)`` as ``send``: the
+    autobahn/Twisted protocol object of this socket, or None under another ASGI server."""
+    return send.args[0] if isinstance(send, functools.partial) and send.args else None
+
+
+def send_buffer_probe(send: Any) -> Callable[[], int] | None:
+    """Bytes sent to this socket that the peer has not taken yet: daphne's user-space buffer plus the
+    kernel's send queue; None when there is no way to tell.
+
+    ASGI has no back-pressure signal for WebSocket sends. daphne's protocol transport is a Twisted
+    ``FileDescriptor`` whose write buffer is ``dataBuffer`` (from ``offset``) plus ``_tempDataBuffer``
+    (``_tempDataLen`` bytes). The kernel queue (Linux ``SIOCOUTQ``: unsent plus unacknowledged bytes)
+    is counted too, because send-buffer autotuning lets the kernel absorb megabytes before Twisted
+    buffers anything.
+    """
+    transport = getattr(daphne_protocol(send), "transport", None)
+    if transport is None or not all(hasattr(transport, a) for a in ("dataBuffer", "offset", "_tempDataLen")):
+        return None
+    sock = getattr(transport, "socket", None)
+    outq = getattr(termios, "TIOCOUTQ", None)  # == SIOCOUTQ on Linux
+
+    def kernel_queue() -> int:
+        if sock is None or outq is None:
+            return 0
+        try:
+            return struct.unpack("i", fcntl.ioctl(sock.fileno(), outq, b"\0\0\0\0"))[0]
+        except (OSError, ValueError):
+            return 0
+
+    def buffered() -> int:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen + kernel_queue()
+
+    return buffered
+
+
+def send_close_code(send: Any, code: int, reason: str) -> bool:
+    """Close an open daphne WebSocket with ``code``; False when this is not possible here (not
+    daphne, or not open), and the caller closes through ASGI instead.
+
+    daphne's ASGI close goes through autobahn's public ``sendClose``, which only allows 1000 and
+    3000-4999; RFC 6455 §7.4.1 defines 1008 (policy) and 1013 (try again later) for exactly the
+    refusals a media stream makes. So the frame is sent the way daphne itself sends its 1011,
+    with autobahn's ``sendCloseFrame``.
+    """
+    protocol = daphne_protocol(send)
+    if protocol is None or getattr(protocol, "state", None) != getattr(protocol, "STATE_OPEN", object()):
+        return False
+    protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123] or None, isReply=False)
+    return True
