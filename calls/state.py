@@ -38,6 +38,8 @@ LIVE_ORDER: tuple[CallState, ...] = (
 )
 TERMINAL_STATES: frozenset[CallState] = frozenset(set(CallState) - set(LIVE_ORDER))
 LIVE_STATES: frozenset[CallState] = frozenset(LIVE_ORDER)
+# Placed or ringing, not yet answered: speech waits for these to connect (up to ringTimeoutMs).
+PRE_ANSWER_STATES: frozenset[CallState] = frozenset({CallState.INITIATED, CallState.RINGING})
 # Once a call is answered it can be spoken to; before that the carrier has nothing to play into.
 CONNECTED_STATES: frozenset[CallState] = frozenset(
     {CallState.ANSWERED, CallState.ACTIVE, CallState.SPEAKING, CallState.LISTENING}

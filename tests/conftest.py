@@ -14,12 +14,20 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from hypothesis import settings as hypothesis_settings
 
 from calls.config import VoiceCallConfig, config_from_dict, set_config
 from tests.fakes.polling import wait_until  # noqa: F401 - re-exported for the tests
 from voicecall_site.celery import app as celery_app
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Property tests run the same examples on every run (``make test`` must pass every time, not most
+# times) and keep no example database in the checkout. ``HYPOTHESIS_PROFILE=explore`` draws fresh
+# examples for a local bug hunt; a failure prints the example and the blob to reproduce it.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis_settings.register_profile("explore", derandomize=False, database=None, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True)

@@ -185,7 +185,8 @@ class TestOperations:
                 op()
         assert services.get_status("nope") == {"found": False}
 
-    def test_speak_requires_a_connected_call(self):
+    def test_speak_requires_a_connected_call(self, configure):
+        configure(ringTimeoutMs=100)  # a ringing call is waited for this long (tests/test_turn_waits.py)
         call = CallFactory(state="ringing", provider_call_id="mock-r")
         with pytest.raises(services.ServiceError, match=services.CALL_NOT_CONNECTED):
             services.speak(str(call.id), "hi")

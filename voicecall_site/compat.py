@@ -107,7 +107,7 @@ def install_daphne_request_class(make_subclass: Callable[[type], type]) -> bool:
 def twisted_request_line(request: Any) -> tuple[bytes, bytes] | None:
     """``(method, target)`` of a Twisted request whose headers are parsed but whose body is not yet
     read. Twisted sets ``Request.method``/``uri`` only once the body is complete; until then the
-    request line is held by the channel (``HTTPChannel._command`` / ``_path``, Twisted 25.5). None
+    request line is held by the channel (``HTTPChannel._command`` / ``_path``, Twisted 26.10). None
     when this Twisted version keeps it elsewhere (the ASGI gate still checks, after the body)."""
     channel = getattr(request, "channel", None)
     command, target = getattr(channel, "_command", None), getattr(channel, "_path", None)

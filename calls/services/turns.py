@@ -29,6 +29,7 @@ from calls.services.records import (
     ALREADY_WAITING,
     CALL_ENDED_WHILE_WAITING,
     CALL_HAS_ENDED,
+    CALL_NOT_CONNECTED,
     DIGITS_REQUIRED,
     DTMF_DIGITS,
     INVALID_DIGITS,
@@ -43,7 +44,7 @@ from calls.services.records import (
     spoken_text,
     transition,
 )
-from calls.state import CallState
+from calls.state import PRE_ANSWER_STATES, CallState
 from providers.base import (
     ProviderError,
 )
@@ -85,11 +86,34 @@ def speak_now(call: Call, text: str, *, listen_after: bool, turn_token: str | No
     publish_call_update(str(call.id))
 
 
+def connected_call(call_id: str, *, timeout_ms: int | None = None) -> Call:
+    """The call, once it is connected. A call still being placed or ringing is waited for, up to
+    ``ringTimeoutMs`` (so ``call`` then ``continue`` typed straight away works); the wait wakes on
+    the cross-process call-update notification, with the database as the truth. Raises
+    ``CALL_NOT_FOUND``, ``CALL_HAS_ENDED`` (also when it ends while we wait) or, when it has not
+    connected in time, ``CALL_NOT_CONNECTED``."""
+    call = require_call(call_id)
+    if call.is_terminal or call.state not in PRE_ANSWER_STATES:
+        require_connected(call)
+        return call
+    timeout_ms = get_config().ring_timeout_ms if timeout_ms is None else timeout_ms
+    deadline = time.monotonic() + timeout_ms / 1000
+    with call_update_waiter(str(call.id)) as waiter:
+        while True:
+            call = Call.objects.get(id=call.id)
+            if call.is_terminal or call.state not in PRE_ANSWER_STATES:
+                require_connected(call)
+                return call
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServiceError(CALL_NOT_CONNECTED)
+            waiter.wait(remaining)
+
+
 def speak(call_id: str, message: str) -> None:
     """Say something on a live call without waiting for a reply (fact sheet §8.3)."""
     message = spoken_text(message)
-    call = require_call(call_id)
-    require_connected(call)
+    call = connected_call(call_id)
     listen = call.mode == Mode.CONVERSATION
     speak_now(call, message, listen_after=listen, turn_token=call.pending_turn_token or None)
 
@@ -138,8 +162,7 @@ def continue_call(call_id: str, message: str, *, timeout_ms: int | None = None) 
     message = spoken_text(message)
     config = get_config()
     timeout_ms = timeout_ms or config.transcript_timeout_ms
-    call = require_call(call_id)
-    require_connected(call)
+    call = connected_call(call_id)
     token = uuid.uuid4().hex
     started = timezone.now()
     with transaction.atomic():
@@ -206,8 +229,7 @@ def send_dtmf(call_id: str, digits: str) -> None:
         raise ServiceError(DIGITS_REQUIRED)
     if not DTMF_DIGITS.match(digits):
         raise ServiceError(INVALID_DIGITS)
-    call = require_call(call_id)
-    require_connected(call)
+    call = connected_call(call_id)
     provider = carrier()
     if not provider.supports_dtmf:
         raise ServiceError(f"{provider.name} does not support outbound DTMF")

@@ -1,0 +1,158 @@
+"""``voicecall_site/compat.py``: every patch of a library's internals, held against the installed
+library. A failure here names the entry: an upgrade moved what it relies on, so re-check that entry
+and move its pin in requirements.txt together with it."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import os
+from importlib.metadata import version
+
+import pytest
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.testing import StringTransport
+from twisted.web import http
+
+from voicecall_site import compat
+
+# What each entry was written against (the same pins as requirements.txt).
+WRITTEN_AGAINST = {"kombu": "5.7.0", "daphne": "4.2.3", "Twisted": "26.10.0", "autobahn": "26.11.1"}
+
+
+@pytest.mark.parametrize(("package", "pinned"), WRITTEN_AGAINST.items())
+def test_the_libraries_compat_patches_are_written_against_are_the_ones_installed(package, pinned):
+    assert version(package) == pinned, (
+        f"voicecall_site/compat.py was written against {package} {pinned}, {version(package)} is installed: "
+        "re-check every compat entry that names it, then update WRITTEN_AGAINST and requirements.txt"
+    )
+
+
+def test_requirements_pin_what_compat_relies_on():
+    pins = {}
+    for line in open("requirements.txt").read().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, rest = line.split("==", 1)
+            pins[name.strip()] = rest.split("#", 1)[0].strip()
+    assert {name: pins.get(name) for name in WRITTEN_AGAINST} == WRITTEN_AGAINST
+
+
+# --- 1. kombu ----------------------------------------------------------------------------------------
+
+
+def test_kombu_channel_still_has_the_hooks_the_conninfo_patch_wraps():
+    from kombu.transport import redis as kombu_redis
+
+    assert list(inspect.signature(kombu_redis.Channel._connparams).parameters) == ["self", "asynchronous"]
+    assert getattr(kombu_redis.Channel, compat.KOMBU_PATCHED_FLAG, False), "celery.py applies it at import"
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs a Redis server (REDIS_URL), as .ci/run gives")
+def test_a_kombu_channel_detached_from_its_connection_still_finds_its_redis():
+    from kombu import Connection
+
+    compat.keep_kombu_redis_conninfo()
+    compat.keep_kombu_redis_conninfo()  # idempotent
+    with Connection(os.environ["REDIS_URL"]) as connection:
+        channel = connection.channel()
+        expected = channel._connparams()
+        channel.connection.client = None  # what kombu 5.7.0's first close leaves behind
+        assert channel._connparams()["host"] == expected["host"]
+        assert channel._connparams()["port"] == expected["port"]
+        assert channel.connection.client is None  # restored after the lookup
+        channel.connection.client = connection
+
+
+# --- 2. daphne's request class -------------------------------------------------------------------
+
+
+def test_daphne_request_class_is_swapped_only_under_daphne_and_only_once(monkeypatch):
+    from daphne import http_protocol
+
+    original = http_protocol.WebRequest
+    assert issubclass(original, http.Request)
+    for hook in ("gotLength", "handleContentChunk", "requestReceived", "connectionLost"):
+        assert callable(getattr(original, hook)), hook
+
+    made: list[type] = []
+
+    def make(base: type) -> type:
+        made.append(type("Gated", (base,), {}))
+        return made[-1]
+
+    monkeypatch.delitem(__import__("sys").modules, "daphne.server", raising=False)
+    assert compat.install_daphne_request_class(make) is False and not made
+
+    monkeypatch.setitem(__import__("sys").modules, "daphne.server", object())
+    monkeypatch.setattr(http_protocol, "WebRequest", original)
+    assert compat.install_daphne_request_class(make) is True
+    assert compat.install_daphne_request_class(make) is True
+    assert len(made) == 1 and http_protocol.WebRequest is made[0]
+    assert getattr(http_protocol.WebRequest, compat.DAPHNE_GATE_FLAG)
+
+
+def test_daphne_builds_requests_from_the_module_attribute_that_is_swapped():
+    source = open(importlib.util.find_spec("daphne.http_protocol").origin).read()
+    assert "requestFactory = WebRequest" in source  # read at connection time, so the swap takes effect
+
+
+def test_twisted_request_line_is_readable_before_the_body_arrives():
+    seen: list = []
+
+    class Recording(http.Request):
+        def gotLength(self, length):
+            seen.append(compat.twisted_request_line(self))
+            super().gotLength(length)
+
+    channel = http.HTTPChannel()
+    channel.requestFactory = Recording
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"POST /voice/webhook?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")
+    assert seen == [(b"POST", b"/voice/webhook?x=1")]
+
+
+# --- 3. the socket behind an ASGI send ---------------------------------------------------------------
+
+
+def test_daphne_hands_the_protocol_to_the_app_inside_its_send_partial():
+    source = open(importlib.util.find_spec("daphne.server").origin).read()
+    assert "send=partial(self.handle_reply, protocol)" in source
+
+
+class _Protocol:
+    STATE_OPEN = 3
+
+    def __init__(self, transport=None, state=3):
+        self.transport, self.state, self.closed_with = transport, state, None
+
+    def sendCloseFrame(self, code=None, reasonUtf8=None, isReply=False):
+        self.closed_with = (code, reasonUtf8, isReply)
+
+
+def _send(protocol) -> functools.partial:
+    return functools.partial(lambda protocol, message: None, protocol)
+
+
+def test_send_buffer_probe_counts_twisted_buffered_bytes():
+    transport = FileDescriptor()
+    transport.connected = True
+    transport.startWriting = lambda: None  # no reactor here: keep the bytes buffered
+    probe = compat.send_buffer_probe(_send(_Protocol(transport)))
+    assert probe is not None and probe() == 0
+    transport.write(b"x" * 1000)
+    assert probe() == 1000
+    assert compat.send_buffer_probe(lambda message: None) is None  # not daphne: no probe
+
+
+def test_close_codes_go_out_through_autobahn_close_frames():
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    assert list(inspect.signature(WebSocketProtocol.sendCloseFrame).parameters) == [
+        "self", "code", "reasonUtf8", "isReply"]
+    assert isinstance(WebSocketProtocol.STATE_OPEN, int)
+    protocol = _Protocol()
+    assert compat.send_close_code(_send(protocol), 1008, "Unknown call") is True
+    assert protocol.closed_with == (1008, b"Unknown call", False)
+    assert compat.send_close_code(_send(_Protocol(state=0)), 1008, "x") is False  # not open
+    assert compat.send_close_code(lambda message: None, 1013, "x") is False  # not daphne
