@@ -229,7 +229,8 @@ def test_skill_doc_explains_every_validation_message_and_carrier_env_var():
     for message in tool.VALIDATION_MESSAGES:
         assert f"| `{message}` |" in doc, message
     for message in (services.CALL_NOT_FOUND, services.CALL_NOT_CONNECTED, services.CALL_HAS_ENDED,
-                    services.ALREADY_WAITING, services.INVALID_DIGITS, services.INVALID_MODE):
+                    services.ALREADY_WAITING, services.INVALID_DIGITS, services.INVALID_MODE,
+                    services.TEXT_TOO_LONG.format(limit=services.MAX_SPOKEN_TEXT_CHARS)):
         assert f"`{message}`" in doc, message
     for fallbacks in PROVIDER_ENV_FALLBACKS.values():
         for _path, env_var in fallbacks:
