@@ -1,6 +1,6 @@
 """Django admin: the call ledger, transcripts, events and the inbound allowlist.
 
-Admin actions are thin: they call ``calls/services.py`` like every other interface.
+Admin actions are thin: they call ``calls.services`` like every other interface.
 """
 
 from __future__ import annotations

@@ -196,7 +196,7 @@ class ContinueOperation(models.Model):
     """A ``voicecall.continue.start`` turn run in the background and polled with
     ``voicecall.continue.result`` (fact sheet §9.2, later form). Stored in the database so any server
     process can answer the poll; a finished result is handed out once and then deleted, and every
-    finished operation is deleted five minutes after completion (``calls/continue_operations.py``)."""
+    finished operation is deleted five minutes after completion (``calls.services.operations``)."""
 
     class Status(models.TextChoices):
         PENDING = "pending", "pending"

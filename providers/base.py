@@ -4,7 +4,7 @@ Reference: OpenClaw voice-call fact sheet §2.4 (normalized events) and §3 (com
 
 Providers translate between a carrier's wire format and these plain types. They never touch the
 ORM: the webhook view hands them the request, they hand back ``NormalizedEvent``s, and
-``calls/services.py`` applies those. Responses that depend on the call (TwiML for a notify call,
+``calls.services`` applies those. Responses that depend on the call (TwiML for a notify call,
 Plivo XML for a pending utterance) are rendered from a ``CallSnapshot`` that services build.
 """
 
@@ -85,7 +85,7 @@ class CallSnapshot:
     webhook_url: str
     metadata: dict[str, Any] = field(default_factory=dict)
     # Set only on the snapshot a webhook reply is rendered from, when the call is to be connected to
-    # our media stream: the token its <Stream> must present (calls/streams.py mints it).
+    # our media stream: the token its <Stream> must present (calls.media.control mints it).
     stream_token: str | None = None
 
 

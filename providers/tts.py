@@ -1,6 +1,6 @@
 """Telephony TTS: text in, 160-byte G.711 mu-law frames out, streamed as the vendor sends audio.
 
-Used by the Twilio media-stream consumer (``calls/consumers.py``) to speak over a live stream; the
+Used by the Twilio media-stream consumer (``calls.media.consumer``) to speak over a live stream; the
 configuration is ``cfg.effective_tts()`` -- core ``messages.tts`` deep-merged with the plugin ``tts``
 (OpenClaw fact sheet §6.2-§6.3). Vendor requests (reference/protocols.md §8):
 

@@ -443,7 +443,7 @@ class TwilioProvider(Provider):
             return _xml_reply(empty_twiml())
         if call.is_terminal:
             return _xml_reply(hangup_twiml())
-        # --- media streams (providers/twilio_stream.py; the token is minted by calls/streams.py) ---
+        # --- media streams (providers/twilio_stream.py; the token is minted by calls.media.control) ---
         # A live conversation call is connected to our media stream instead of <Say>/<Gather>; the
         # stream consumer speaks the pending greeting once the stream starts (fact sheet §3.1, §5.3).
         if call.stream_token:

@@ -1,4 +1,4 @@
-"""Tests for calls/config.py: the strict voice-call config loader (no database needed)."""
+"""Tests for calls/config/: the strict voice-call config loader (no database needed)."""
 
 from __future__ import annotations
 

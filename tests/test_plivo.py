@@ -23,6 +23,7 @@ from providers.plivo import (
     v3_base_string,
     v3_signature,
 )
+from providers.plivo import provider as plivo_provider
 from providers.security import WebhookRequest
 from tests.fakes.plivo import FakePlivo
 
@@ -419,7 +420,7 @@ def test_unreachable_or_silent_api_is_a_retryable_error(monkeypatch):
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)  # accepts the connection into the backlog, never answers
-        monkeypatch.setattr(plivo_module, "REQUEST_TIMEOUT", (0.5, 0.5))
+        monkeypatch.setattr(plivo_provider, "REQUEST_TIMEOUT", (0.5, 0.5))
         provider = PlivoProvider(make_config(api_base_url=f"http://127.0.0.1:{silent.getsockname()[1]}"))
         with pytest.raises(ProviderError, match="timed out") as timeout:
             provider.initiate_call(outbound_request())

@@ -3,7 +3,7 @@
 Real processes: daphne and a Celery worker on a private Redis (``redis-server`` started by the test
 with no persistence, so a restart forgets everything, as a crashed cache would), the fake Telnyx, and
 this test process running ``continue`` turns whose waiter listens on Redis pub/sub
-(``calls/notify.py``). Redis carries both the Celery tasks (daphne → worker: ``start_listening`` after
+(``calls.services.call_updates``). Redis carries both the Celery tasks (daphne → worker: ``start_listening`` after
 each prompt) and the "call changed" notifications (daphne → the waiting ``continue``).
 
 What must hold: a turn that is waiting when Redis dies still gets the caller's reply (its waiter

@@ -39,7 +39,7 @@ CALLS = 6
 UTTERANCES_PER_CALL = 8
 DIGITS_PER_CALL = 2
 HUNG_UP_CALLS = 3  # the first calls get a valid call.hangup; the others only forged ones
-THREADS = 8  # at most 8 in flight, the per-IP cap of the webhook view (calls/webhooks.py)
+THREADS = 8  # at most 8 in flight, the per-IP cap of the webhook view (calls.interfaces.limits)
 STALE_SECONDS = 400  # beyond Telnyx's 300 s tolerance
 CARRIER_ATTEMPTS = 20  # deliveries answered 429 (over the per-IP cap) are retried, as carriers do
 

@@ -1,4 +1,4 @@
-"""The webhook's pre-auth gate (calls/asgi_gate.py): against a real daphne with raw sockets, and the
+"""The webhook's pre-auth gate (calls/interfaces/webhook_gate.py): against a real daphne with raw sockets, and the
 ASGI middleware on its own (for servers that stream request bodies)."""
 
 from __future__ import annotations

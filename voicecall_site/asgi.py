@@ -15,7 +15,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from calls.interfaces.webhook_gate import WebhookGate, install_daphne_early_gate  # noqa: E402
 from calls.media.routing import websocket_urlpatterns  # noqa: E402
 
-# The carrier webhook's pre-auth gate (calls/asgi_gate.py); under daphne part of it runs in Twisted.
+# The carrier webhook's pre-auth gate (calls/interfaces/webhook_gate.py); under daphne part of it runs in Twisted.
 install_daphne_early_gate()
 
 application = ProtocolTypeRouter(

@@ -7,7 +7,7 @@ Two ways to run, chosen by the environment (django-environ):
 * Scaled out: ``DATABASE_URL`` (PostgreSQL) and ``REDIS_URL`` (Celery broker + channels-redis).
 
 The voice-call behaviour itself is configured by the JSON5 file at ``$VOICECALL_CONFIG`` (see
-``calls/config.py``), not here.
+``calls/config/``), not here.
 """
 
 from __future__ import annotations

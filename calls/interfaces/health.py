@@ -1,6 +1,6 @@
 """``GET /readyz``: may a load balancer send this process traffic?
 
-``/healthz`` (``calls/views.py``) only says the process is up. ``/readyz`` also checks what serving a
+``/healthz`` (``calls.interfaces.pages``) only says the process is up. ``/readyz`` also checks what serving a
 call needs and answers ``503`` naming every failing component:
 
 * ``database`` — a ``SELECT 1`` on the default connection;

@@ -1,6 +1,6 @@
 """``POST /rpc``: JSON-RPC 2.0 for programs that drive calls (the CLI, gateways, scripts).
 
-A thin interface over ``calls/services.py``; methods, params and result shapes are those of the
+A thin interface over ``calls.services``; methods, params and result shapes are those of the
 OpenClaw gateway methods (fact sheet §9.2):
 
 ==========================  ==========================  ==============================================
@@ -25,7 +25,7 @@ invalid request, ``-32601`` method not found, ``-32602`` invalid params (message
 sheet, e.g. ``callId and message required``), ``-32000`` the service refused (``ServiceError`` —
 its message verbatim, also in ``error.data.error``), ``-32603`` internal error (logged, no details).
 
-HTTP: ``Authorization: Bearer <token>`` (``calls/rpc_auth.py``) is checked before the body is read:
+HTTP: ``Authorization: Bearer <token>`` (``calls.interfaces.rpc_auth``) is checked before the body is read:
 missing or wrong → ``401`` and nothing is done. CSRF-exempt, POST only, bodies over 256 KB → ``413``.
 The blocking ``voicecall.continue`` holds no database transaction while it waits (requests are not
 atomic; services commit before waiting), and under daphne every request has its own thread.

@@ -5,7 +5,7 @@ Three faces of the same thing (fact sheet §9.1):
 * ``voice_call(arguments) -> dict`` — importable; never raises, errors come back as
   ``{"error": "<message>"}`` (unexpected exceptions too: logged, then a generic message);
 * ``POST /tools/voice_call`` — the body is the tool's JSON arguments, the answer its JSON result;
-  behind the same bearer token as ``/rpc`` (``calls/rpc_auth.py``);
+  behind the same bearer token as ``/rpc`` (``calls.interfaces.rpc_auth``);
 * ``TOOL_SCHEMA`` — the OpenAI function-calling definition, served at ``GET /tools/voice_call/schema``
   (no token: it describes the tool, it does nothing) and printed by ``voicecall tool-schema``.
 

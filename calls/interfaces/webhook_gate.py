@@ -310,7 +310,7 @@ def _make_gated_request(base: type) -> type:
                 return None
             command, target = request_line
             if (self.requestHeaders.getRawHeaders(b"Upgrade") or [b""])[0].lower() == b"websocket":
-                return None  # the media-stream socket has its own admission rules (calls/consumers.py)
+                return None  # the media-stream socket has its own admission rules (calls.media.consumer)
             path = unquote(target.split(b"?", 1)[0].decode("latin-1"))
             headers = {
                 name.decode("latin-1"): b",".join(values).decode("latin-1")

@@ -1,99 +1,17 @@
-"""Plivo Voice API + Plivo XML: REST commands, V3/V2 webhook signatures, event mapping, XML replies.
-
-References: OpenClaw fact sheet §3.3 (operations, flows, event mapping), §4.2 (which URL was signed),
-§4.3 (signature algorithms), §4.4 (replay keys); protocols.md §6 (REST, XML, callback parameters,
-signature construction from ``plivo/utils/signature_v3.py`` 4.63.0) and §9 (test vectors).
-
-Wire shapes
------------
-* REST: ``{plivo.apiBaseUrl}/v1/Account/{authId}/…``, HTTP Basic ``authId:authToken``, JSON bodies.
-  Make call ``POST /Call/`` answers 201 ``{"request_uuid": …}``; the ``CallUUID`` only arrives in
-  callbacks, which also carry ``RequestUUID`` so the provisional id can be upgraded (we emit events
-  with ``provider_call_id=CallUUID, previous_provider_call_id=RequestUUID``). Hang up
-  ``DELETE /Call/{CallUUID}/``; cancel a call that has no CallUUID yet ``DELETE /Request/{RequestUUID}/``.
-  Live "XML transfer" ``POST /Call/{CallUUID}/`` ``{legs: "aleg", aleg_url, aleg_method}``: Plivo
-  fetches XML from ``aleg_url`` and runs it in place of the current flow. DTMF
-  ``POST /Call/{CallUUID}/DTMF/``.
-* Webhooks: form-encoded POSTs to our webhook URL; our query parameter ``flow`` says which one:
-  ``answer`` (answer_url; also the default when ``flow`` is absent), ``ring``, ``hangup``,
-  ``getinput`` (the ``<GetInput>`` action), ``xml-speak`` / ``xml-listen`` (transfer targets, no
-  events) and ``keepalive`` (our ``<Redirect>`` after a long ``<Wait>``, no events). For inbound
-  calls, point the Plivo application's Answer URL (POST) at the webhook URL as is and its Hangup URL
-  at the same URL (``?flow=hangup`` optional: a final ``CallStatus`` ends the call either way).
-  Every reply is ``text/xml`` Plivo XML built with the SDK's ``plivo.plivoxml`` (text is escaped by
-  lxml; characters XML cannot carry are dropped first).
-* Signatures: ``X-Plivo-Signature-V3`` (+ ``-V3-Nonce``) is preferred whenever present: HMAC-SHA256
-  with the auth token over the SDK's base string (URL with sorted query, then sorted POST params)
-  + ``"." + nonce``; the header may hold several comma-separated signatures, any may match. Without
-  V3 headers, ``X-Plivo-Signature-V2`` (+ nonce) over ``URL-without-query + nonce``. The URL is
-  ``publicUrl``'s origin + the request's path and query, or the URL reconstructed under the same
-  forwarding-header trust rules as Twilio (``calls/security.py``), then the same port variants.
-
-Decisions (where the fact sheet is silent or we deliberately differ)
---------------------------------------------------------------------
-* REST goes through ``requests.Session``, not the ``plivo`` SDK's client: the SDK takes its API host
-  from module-level constants (process-wide, not per config), silently fails over to other Plivo
-  hosts on a 5xx with a retry counter it never resets, prints to stdout, and refuses auth ids not
-  shaped like ``MA…``/``SA…``. None of that fits a configurable base URL pointed at a local fake.
-  The SDK is still used for Plivo XML and, in tests, as the reference signature validator.
-* Pending speech travels in the transfer URL, not in server-side state: providers never touch the
-  ORM and any process may serve the XML fetch. ``say`` (``xml-speak``) / ``listen`` (``xml-listen``)
-  hold ``v1.<base64url(zlib(JSON))>.<base64url(HMAC-SHA256)>`` with the call id, flow, text, language,
-  whether to listen afterwards and the turn token. The HMAC key is derived from the auth token, so
-  only whoever holds the token can make us speak; the payload is bound to the call id and flow in the
-  query (it cannot be moved to another call or flow). A tampered or foreign payload is a 400, and a
-  transfer URL longer than ``MAX_TRANSFER_URL_CHARS`` is refused before calling Plivo.
-* Turn tokens: the ``<GetInput>`` action URL carries ``turnToken=…`` when a ``continue`` turn is
-  pending, and Plivo signs that URL (V3 covers the query), so ``uses_turn_tokens = True``: a late
-  answer to an earlier prompt cannot complete the current turn.
-* Speaking inside ``<GetInput>`` (``<GetInput><Speak>…</Speak></GetInput>``) starts listening when the
-  prompt ends, so the bot never transcribes itself and the caller may barge in.
-* Keep-alive: after speaking or listening the call parks in ``<Wait length="300"/>`` followed by a
-  ``<Redirect>`` to ``flow=keepalive``, which answers the same again, so a quiet call stays up until
-  it is hung up or ``maxDurationSeconds`` ends it (upstream's bare ``<Wait>`` hung up after 5 min).
-* ``speechEndTimeout`` is left out of ``<GetInput>`` so Plivo's default end-of-speech detection
-  applies; the SDK cannot emit ``auto`` (it int-casts the value, protocols §6).
-* Numbers: Plivo sends and takes numbers without ``+``. Callback numbers are normalised to E.164
-  (``14155550100`` → ``+14155550100``); SIP URIs and non-numeric caller ids (``anonymous``) are kept.
-  We dial digits only, Plivo's documented form.
-* Make call sends ``hangup_on_ring`` *and* ``ring_timeout`` from ``ringTimeoutMs`` (both mean "stop
-  ringing after N s"), ``ring_url`` (so the CallUUID and the ``ringing`` state arrive before answer)
-  and ``time_limit`` = ``maxDurationSeconds`` + ``TIME_LIMIT_MARGIN_SECONDS`` as a carrier-side
-  backstop should our own max-duration timer not run.
-* Dedupe keys: lifecycle events (ringing, answered, ended) are keyed by call and type
-  (``plivo:<CallUUID>:<type>``), so a retried callback with a fresh nonce is still applied once;
-  speech and digits are keyed by the verified request key (two identical answers are two turns).
-* Hang-up without knowing which id we hold (RequestUUID before the first callback, CallUUID after):
-  ``DELETE /Call/{id}/`` first, and on 404 ``DELETE /Request/{id}/``; a 404 there too means the call
-  is already gone, which is success.
-* Status lookup (reaper / restore): live call (``?status=live``), then the call detail record (the
-  call ended), then the queue (``?status=queued``); found nowhere is terminal ``not-found`` as
-  upstream. The CDR field ``call_state`` is read leniently [unverified field values].
-* ``CallStatus=timeout`` ends the call ``no-answer`` (it is the ring timeout), ``cancel`` ends it
-  ``hangup-bot`` (we cancelled it), ``machine`` ends it ``voicemail``; an unknown status on a hang-up
-  callback ends it ``failed`` (upstream: "other → failed"). A ``completed`` hang-up whose
-  ``HangupSource`` is ``API Request`` (our own ``DELETE``) ends it ``hangup-bot``, so the end reason
-  does not depend on whether that callback or ``end_call``'s own write lands first.
-* Voice: replies set only ``language`` (default ``en-US``, or ``metadata.language`` of the call),
-  as upstream; Plivo's default voice is used because the configured TTS voice names (OpenAI,
-  ElevenLabs) mean nothing to Plivo.
-* DTMF pause characters: ``w`` (0.5 s) and ``W`` (1 s) are Plivo's; ``,``/``p``/``P`` become ``W``.
-"""
+"""The Plivo adapter: REST commands, webhook verification, event mapping and Plivo XML replies.
+The package docstring (``providers/plivo/__init__.py``) has the wire shapes and decisions."""
 
 from __future__ import annotations
 
-import base64
 import binascii
-import enum
 import hashlib
 import hmac
 import json
 import logging
-import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs, parse_qsl, quote, urlencode, urlparse, urlsplit, urlunparse, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import requests
 from plivo import plivoxml
@@ -112,227 +30,60 @@ from providers.base import (
     WebhookParseError,
     WebhookReply,
 )
+from providers.plivo.signatures import (
+    V2_NONCE_HEADER,
+    V2_SIGNATURE_HEADER,
+    V3_NONCE_HEADER,
+    V3_SIGNATURE_HEADER,
+    url_without_query,
+    verify_signature,
+)
+from providers.plivo.wire import (
+    ACCOUNT_PATH,
+    ANSWERED_STATUSES,
+    BAD_TRANSFER_PAYLOAD,
+    CALL_ID_PARAM,
+    CALL_STATUS_END_REASONS,
+    DEFAULT_LANGUAGE,
+    DIRECTIONS,
+    DTMF_TRANSLATION,
+    FLOW_PARAM,
+    HANGUP_SOURCE_END_REASONS,
+    KEEPALIVE_WAIT_SECONDS,
+    LISTEN_EXECUTION_TIMEOUT_SECONDS,
+    MAX_TRANSFER_PAYLOAD_BYTES,
+    MAX_TRANSFER_URL_CHARS,
+    OUR_PARAMS,
+    PROVIDER_PARAM,
+    REQUEST_TIMEOUT,
+    RINGING_STATUSES,
+    SPEECH_CONFIDENCE_FIELD,
+    SPEECH_FIELDS,
+    START_APP_EVENT,
+    TIME_LIMIT_MARGIN_SECONDS,
+    TRANSFER_KEY_LABEL,
+    TRANSFER_PARAMS,
+    TRANSFER_PAYLOAD_VERSION,
+    TURN_TOKEN_PARAM,
+    UNKNOWN_HANGUP_END_REASON,
+    XML_CONTENT_TYPE,
+    Flow,
+    _b64url,
+    _unb64url,
+    _xml_text,
+    dial_number,
+    normalize_number,
+)
 from providers.security import (
     ForwardingTrust,
     WebhookRequest,
     has_form_body,
     header,
-    redact_url,
     url_port_variants,
     verification_url,
 )
 
 logger = logging.getLogger(__name__)
-
-# --- protocol tables -----------------------------------------------------------------------------
-
-ACCOUNT_PATH = "/v1/Account/{auth_id}"
-# (connect, read) seconds for every REST request.
-REQUEST_TIMEOUT = (5.0, 15.0)
-
-V3_SIGNATURE_HEADER = "X-Plivo-Signature-V3"
-V3_NONCE_HEADER = "X-Plivo-Signature-V3-Nonce"
-V2_SIGNATURE_HEADER = "X-Plivo-Signature-V2"
-V2_NONCE_HEADER = "X-Plivo-Signature-V2-Nonce"
-SIGNATURE_BYTES = 32  # HMAC-SHA256
-XML_CONTENT_TYPE = "text/xml"
-
-
-class Flow(enum.StrEnum):
-    """Our ``flow`` query parameter: which Plivo request this is (fact sheet §3.3)."""
-
-    ANSWER = "answer"
-    RING = "ring"
-    HANGUP = "hangup"
-    GETINPUT = "getinput"
-    XML_SPEAK = "xml-speak"
-    XML_LISTEN = "xml-listen"
-    KEEPALIVE = "keepalive"
-
-
-# Query parameters we put on every URL handed to Plivo (stripped from a base URL before adding ours).
-PROVIDER_PARAM, FLOW_PARAM, CALL_ID_PARAM, TURN_TOKEN_PARAM = "provider", "flow", "callId", "turnToken"
-# Transfer flows and the query parameter that carries their signed payload.
-TRANSFER_PARAMS: dict[Flow, str] = {Flow.XML_SPEAK: "say", Flow.XML_LISTEN: "listen"}
-OUR_PARAMS = frozenset({PROVIDER_PARAM, FLOW_PARAM, CALL_ID_PARAM, TURN_TOKEN_PARAM, *TRANSFER_PARAMS.values()})
-
-# CallStatus (protocols §6 "Callback parameters") → normalized event / end reason.
-RINGING_STATUSES = frozenset({"ringing"})
-ANSWERED_STATUSES = frozenset({"in-progress"})
-CALL_STATUS_END_REASONS: dict[str, str] = {
-    "completed": "completed",
-    "busy": "busy",
-    "no-answer": "no-answer",
-    "failed": "failed",
-    "timeout": "no-answer",  # the ring timeout expired
-    "cancel": "hangup-bot",  # we cancelled the request before answer
-    "canceled": "hangup-bot",
-    "machine": "voicemail",
-    "hangup": "completed",
-    "answer": "completed",  # CDR call_state of an answered call that ended normally
-}
-UNKNOWN_HANGUP_END_REASON = "failed"
-# HangupSource of a call that ended "completed" → a more precise end reason [values unverified].
-# "API Request" is our own DELETE: the bot hung up, whichever of our write and this callback lands first.
-HANGUP_SOURCE_END_REASONS: dict[str, str] = {"api request": "hangup-bot"}
-START_APP_EVENT = "startapp"  # Event=StartApp on the answer URL ⇒ the call is answered (§3.3)
-# First non-empty of these is the caller's final speech (fact sheet §3.3).
-SPEECH_FIELDS = ("Speech", "Transcription", "TranscriptionText", "SpeechResult", "RecognizedSpeech", "Text")
-SPEECH_CONFIDENCE_FIELD = "SpeechConfidenceScore"
-DIRECTIONS: dict[str, str] = {"inbound": "inbound", "outbound": "outbound"}
-
-# XML parameters.
-DEFAULT_LANGUAGE = "en-US"
-KEEPALIVE_WAIT_SECONDS = 300
-LISTEN_EXECUTION_TIMEOUT_SECONDS = 30  # 5 to 60 s, counted after the nested <Speak> (protocols §6)
-TIME_LIMIT_MARGIN_SECONDS = 60
-
-# DTMF characters Plivo does not know → its pause characters (w = 0.5 s, W = 1 s).
-DTMF_TRANSLATION = str.maketrans({",": "W", "p": "W", "P": "W"})
-
-# Signed transfer payloads.
-TRANSFER_PAYLOAD_VERSION = "v1"
-TRANSFER_KEY_LABEL = b"voicecall:plivo:transfer-url:v1"
-MAX_TRANSFER_URL_CHARS = 8000
-MAX_TRANSFER_PAYLOAD_BYTES = 64 * 1024
-
-# Characters XML 1.0 cannot carry (lxml refuses them): dropped from spoken text.
-_XML_INVALID = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-_PHONE_LIKE = re.compile(r"\+?[\d\s().-]+")
-
-REASON_MISSING = "missing Plivo signature headers"
-REASON_METHOD = "Plivo signs only GET and POST requests"
-REASON_V3_MISMATCH = "invalid X-Plivo-Signature-V3 for URL {url}"
-REASON_V2_MISMATCH = "invalid X-Plivo-Signature-V2 for URL {url}"
-BAD_TRANSFER_PAYLOAD = "transfer payload missing, malformed or not signed by us"
-
-
-# --- signatures (pure functions; the test vectors of protocols §9 exercise them) ------------------
-
-
-def _sorted_query(params: Mapping[str, Sequence[str]]) -> str:
-    """``k=v&…`` over sorted keys, each key's values sorted (SDK ``get_sorted_query_string``)."""
-    return "&".join("&".join(f"{key}={value}" for value in sorted(params[key])) for key in sorted(params))
-
-
-def _sorted_params(params: Mapping[str, Sequence[str]]) -> str:
-    """``kv…`` over sorted keys, each key's values sorted (SDK ``get_sorted_params_string``)."""
-    return "".join("".join(f"{key}{value}" for value in sorted(params[key])) for key in sorted(params))
-
-
-def v3_base_string(method: str, url: str, params: Mapping[str, Sequence[str]] | None = None) -> str:
-    """The string a V3 signature covers, before ``"." + nonce`` (protocols §6, SDK 4.63.0
-    ``construct_get_url``/``construct_post_url``).
-
-    GET: URL query merged with ``params`` (query wins), ``?k=v&…`` sorted when non-empty. POST with
-    params: ``?`` + sorted query + ``.`` (only when there is a query) + sorted ``kv`` params — note the
-    bare ``?`` even without a query. POST without params: like GET with the query alone.
-    """
-    params = {k: [v] if isinstance(v, str) else list(v) for k, v in (params or {}).items()}
-    parts = urlparse(url)
-    base = urlunparse((parts.scheme, parts.netloc, parts.path, "", "", ""))
-    query = parse_qs(parts.query, keep_blank_values=True)
-    if method.upper() == "GET":
-        merged = {**params, **query}
-        sorted_query = _sorted_query(merged)
-        return base + ("?" + sorted_query if sorted_query else "")
-    sorted_query = _sorted_query(query)
-    if not params:
-        return base + ("?" + sorted_query if sorted_query else "")
-    return base + "?" + (sorted_query + "." if sorted_query else "") + _sorted_params(params)
-
-
-def _b64_hmac_sha256(token: str, message: str) -> str:
-    digest = hmac.new(token.encode(), message.encode(), hashlib.sha256).digest()
-    return base64.b64encode(digest).decode()
-
-
-def v3_signature(auth_token: str, method: str, url: str, nonce: str,
-                 params: Mapping[str, Sequence[str]] | None = None) -> str:
-    """``X-Plivo-Signature-V3``: base64(HMAC-SHA256(token, base string + "." + nonce))."""
-    return _b64_hmac_sha256(auth_token, f"{v3_base_string(method, url, params)}.{nonce}")
-
-
-def v2_signature(auth_token: str, url: str, nonce: str) -> str:
-    """``X-Plivo-Signature-V2``: base64(HMAC-SHA256(token, URL without query + nonce)); deprecated,
-    it covers neither the query nor the body."""
-    return _b64_hmac_sha256(auth_token, _url_without_query(url) + nonce)
-
-
-def _url_without_query(url: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-
-
-def _canonical_signature(value: str) -> bytes | None:
-    """Decode one offered signature (base64, whitespace-trimmed); None unless 32 bytes."""
-    try:
-        raw = base64.b64decode(value.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return raw if len(raw) == SIGNATURE_BYTES else None
-
-
-def _signature_matches(expected_b64: str, offered: Sequence[bytes]) -> bool:
-    expected = base64.b64decode(expected_b64)
-    matched = False
-    for candidate in offered:  # constant time per candidate; no early exit on the first match
-        matched |= hmac.compare_digest(expected, candidate)
-    return matched
-
-
-def v3_replay_key(base_string: str, nonce: str) -> str:
-    """Fact sheet §4.4: ``plivo:v3:`` + sha256(V3 base string \\n nonce)."""
-    return "plivo:v3:" + hashlib.sha256(f"{base_string}\n{nonce}".encode()).hexdigest()
-
-
-def v2_replay_key(url: str, nonce: str) -> str:
-    """Fact sheet §4.4: ``plivo:v2:`` + sha256(URL without query \\n nonce)."""
-    return "plivo:v2:" + hashlib.sha256(f"{_url_without_query(url)}\n{nonce}".encode()).hexdigest()
-
-
-# --- small wire helpers --------------------------------------------------------------------------
-
-
-def normalize_number(value: str | None) -> str | None:
-    """A callback number as E.164: Plivo sends ``14155550100``; SIP URIs and words are kept."""
-    value = (value or "").strip()
-    if not value:
-        return None
-    if value.lower().startswith("sip:") or not _PHONE_LIKE.fullmatch(value):
-        return value
-    digits = re.sub(r"\D", "", value)
-    return "+" + digits if digits else value
-
-
-def dial_number(value: str) -> str:
-    """A number as Plivo takes it: digits only (country code, no ``+``); SIP URIs unchanged."""
-    value = value.strip()
-    if value.lower().startswith("sip:"):
-        return value
-    return re.sub(r"\D", "", value)
-
-
-def _xml_text(text: str) -> str:
-    return _XML_INVALID.sub("", text)
-
-
-def _form_params(request: WebhookRequest) -> dict[str, list[str]]:
-    params: dict[str, list[str]] = {}
-    for key, value in request.form_params:
-        params.setdefault(key, []).append(value)
-    return params
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-# --- the provider --------------------------------------------------------------------------------
 
 
 class PlivoProvider(Provider):
@@ -363,31 +114,7 @@ class PlivoProvider(Provider):
 
     # --- webhooks: verification -------------------------------------------------------------------
     def verify_webhook(self, request: WebhookRequest) -> VerifyResult:
-        """V3 when its headers are present, else V2 (fact sheet §4.3); the replay key is derived from
-        the signed material only (§4.4)."""
-        method = request.method.upper()
-        if method not in ("GET", "POST"):
-            return VerifyResult(False, REASON_METHOD)
-        v3, v3_nonce = header(request, V3_SIGNATURE_HEADER), header(request, V3_NONCE_HEADER)
-        v2, v2_nonce = header(request, V2_SIGNATURE_HEADER), header(request, V2_NONCE_HEADER)
-        if not ((v3 and v3_nonce) or (v2 and v2_nonce)):
-            return VerifyResult(False, REASON_MISSING)
-        candidates = self._candidate_urls(request)
-        if v3 and v3_nonce:
-            offered = [sig for sig in (_canonical_signature(s) for s in v3.split(",")) if sig is not None]
-            params = _form_params(request) if method == "POST" and has_form_body(request) else {}
-            for url in candidates:
-                base = v3_base_string(method, url, params)
-                expected = _b64_hmac_sha256(self._auth_token, f"{base}.{v3_nonce}")
-                if _signature_matches(expected, offered):
-                    return VerifyResult(True, "ok", v3_replay_key(base, v3_nonce))
-            return VerifyResult(False, REASON_V3_MISMATCH.format(url=redact_url(candidates[0])))
-        assert v2 is not None and v2_nonce is not None
-        offered = [sig for sig in (_canonical_signature(s) for s in v2.split(",")) if sig is not None]
-        for url in candidates:
-            if _signature_matches(v2_signature(self._auth_token, url, v2_nonce), offered):
-                return VerifyResult(True, "ok", v2_replay_key(url, v2_nonce))
-        return VerifyResult(False, REASON_V2_MISMATCH.format(url=redact_url(candidates[0])))
+        return verify_signature(request, self._auth_token, self._candidate_urls(request))
 
     def _public_request_url(self, request: WebhookRequest) -> str:
         trust = ForwardingTrust.for_request(self.settings.webhook_trust, request.remote_addr)
@@ -572,7 +299,7 @@ class PlivoProvider(Provider):
     def _reply_base(self, request: WebhookRequest) -> str:
         """Callback base inside a reply: ``publicUrl``'s origin + this request's path, or the
         reconstructed URL (fact sheet §3.3 "Callback base URL")."""
-        return _url_without_query(self._public_request_url(request))
+        return url_without_query(self._public_request_url(request))
 
     @staticmethod
     def _language(call: CallSnapshot) -> str:
@@ -763,4 +490,3 @@ class PlivoProvider(Provider):
         if queued is not None:
             return ProviderCallStatus(status="queued", is_terminal=False)
         return ProviderCallStatus(status="not-found", is_terminal=True, end_reason="completed")
-

@@ -1,57 +1,17 @@
-"""Telnyx Call Control v2: REST commands, Ed25519 webhook verification and event mapping.
+"""The Telnyx adapter: Call Control v2 REST commands, verified webhooks, event mapping. The package
+docstring (``providers/telnyx/__init__.py``) has the wire facts and decisions."""
 
-References: OpenClaw fact sheet §3.2 (operations and event mapping), §4.3 (signature checks), §4.4
-(replay keys); protocols.md §5 (endpoints, webhook envelope, Ed25519 signatures) and §9 (vectors).
 
-Wire shapes
------------
-* REST: ``{apiBaseUrl}/v2``, ``Authorization: Bearer <apiKey>``, JSON in and out. Commands answer
-  ``{"data": {"result": "ok"}}``; errors are ``{"errors": [{"code", "title", "detail"}]}``.
-* Webhooks: ``{"data": {"id", "event_type", "occurred_at", "payload": {...}}, "meta": {...}}``,
-  signed with Ed25519 over ``f"{telnyx-timestamp}|{raw body}"``. Our reply is a plain ``OK``: Telnyx
-  takes no commands in a webhook response.
-
-Decisions (where the fact sheet is silent or we deliberately differ)
---------------------------------------------------------------------
-* Every command carries a ``command_id``; Telnyx ignores a second command with the same id on the
-  same call. Ids are deterministic where a retry must not act twice (dial, answer, hang-up, reject)
-  and fresh per request for speech and transcription (each is a new utterance or turn). A command
-  that fails with a timeout, a connection error or a 5xx is retried once with the same id.
-* The event dedupe key is ``data.id``, so a redelivery of one event (new timestamp, new signature,
-  hence a new request key) is still applied once. Events without an id fall back to the request key.
-* ``call.speak.ended`` with ``status: call_hangup`` means the far end hung up mid-sentence: it yields
-  no ``call.spoken`` (the ``call.hangup`` that follows ends the call with the carrier's cause), so
-  we never send a hang-up or a transcription request into a dead call.
-* Hang-up causes documented by Telnyx but absent from the OpenClaw table are mapped explicitly
-  (``timeout`` → no-answer, ``time_limit`` → timeout, ``not_found`` → failed); unknown causes end
-  the call ``completed`` with a warning, as upstream.
-* The voice is the configured TTS voice only when it is one Telnyx understands (``male``/``female``
-  or an engine-qualified name such as ``AWS.Polly.Joanna-Neural``); an OpenAI voice name like
-  ``alloy`` falls back to ``female`` instead of failing every speak command.
-* ``stop_listening`` is best effort: a failure is logged, never raised, because it runs after the
-  caller's reply was already received.
-"""
-
-from __future__ import annotations
-
-import base64
-import binascii
-import hashlib
 import json
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 import requests
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from providers.base import (
@@ -68,216 +28,38 @@ from providers.base import (
     WebhookParseError,
     WebhookReply,
 )
-from providers.security import header
 from providers.settings import configured_voice
+from providers.telnyx.signatures import (
+    PUBLIC_KEY_ENV,
+    REASON_NO_PUBLIC_KEY,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    load_public_key,
+    verify_signature,
+)
+from providers.telnyx.wire import (
+    API_VERSION_PATH,
+    CALL_ENDED_ERROR_CODES,
+    CALL_ENDED_TEXT,
+    COMMAND_ATTEMPTS,
+    COMMAND_ID_PREFIX,
+    DEFAULT_SPEAK_LANGUAGE,
+    DEFAULT_TRANSCRIPTION_LANGUAGE,
+    DEFAULT_VOICE,
+    DIRECTIONS,
+    EVENT_TYPES,
+    HANGUP_CAUSES,
+    REQUEST_TIMEOUT,
+    SPEAK_INTERRUPTED_STATUSES,
+    UNKNOWN_HANGUP_CAUSE_REASON,
+    _parse_time,
+    _telnyx_speaks,
+    _text,
+    decode_client_state,
+    encode_client_state,
+)
 
 logger = logging.getLogger(__name__)
-
-# --- protocol tables -----------------------------------------------------------------------------
-
-API_VERSION_PATH = "/v2"
-SIGNATURE_HEADER = "telnyx-signature-ed25519"
-TIMESTAMP_HEADER = "telnyx-timestamp"
-PUBLIC_KEY_ENV = "TELNYX_PUBLIC_KEY"
-# The official SDK rejects |now - timestamp| > 300 s; exactly 300 s passes (protocols §5).
-TIMESTAMP_TOLERANCE_SECONDS = 300
-ED25519_KEY_BYTES = 32
-ED25519_SIGNATURE_BYTES = 64
-
-# (connect, read) seconds for every REST request.
-REQUEST_TIMEOUT = (5.0, 15.0)
-# A command that timed out or got a 5xx is sent once more with the same command_id (idempotent).
-COMMAND_ATTEMPTS = 2
-COMMAND_ID_PREFIX = "voicecall"
-
-DEFAULT_VOICE = "female"
-DEFAULT_SPEAK_LANGUAGE = "en-US"
-DEFAULT_TRANSCRIPTION_LANGUAGE = "en"
-# Voices Telnyx's speak command accepts without an engine prefix (``service_level: basic``).
-BASIC_VOICES = frozenset({"male", "female"})
-# Engine-qualified voice names (protocols §5 "Speak").
-VOICE_ENGINE_PREFIXES = ("AWS.Polly.", "Azure.", "Telnyx.", "ElevenLabs.", "Polly.")
-
-# Telnyx error code for a command sent to a call that has ended (HTTP 422).
-CALL_ENDED_ERROR_CODES = frozenset({"90018"})
-CALL_ENDED_TEXT = "already ended"
-
-# Webhook event_type → normalized event (fact sheet §3.2). Types not listed are acknowledged and ignored.
-EVENT_TYPES: dict[str, EventType] = {
-    "call.initiated": EventType.INITIATED,
-    "call.ringing": EventType.RINGING,
-    "call.answered": EventType.ANSWERED,
-    "call.bridged": EventType.ACTIVE,
-    "call.speak.started": EventType.SPEAKING,
-    "call.speak.ended": EventType.SPOKEN,
-    "call.transcription": EventType.SPEECH,
-    "call.dtmf.received": EventType.DTMF,
-    "call.hangup": EventType.ENDED,
-}
-
-# call.speak.ended statuses that mean the speech did not finish because the call is gone.
-SPEAK_INTERRUPTED_STATUSES = frozenset({"call_hangup"})
-
-# call.hangup payload.hangup_cause → end reason (fact sheet §3.2, plus protocols §5 causes).
-HANGUP_CAUSES: dict[str, str] = {
-    "normal_clearing": "completed",
-    "normal_unspecified": "completed",
-    "unspecified": "completed",
-    "originator_cancel": "hangup-bot",
-    "call_rejected": "busy",
-    "user_busy": "busy",
-    "no_answer": "no-answer",
-    "no_user_response": "no-answer",
-    "timeout": "no-answer",
-    "destination_out_of_order": "failed",
-    "network_out_of_order": "failed",
-    "service_unavailable": "failed",
-    "recovery_on_timer_expire": "failed",
-    "not_found": "failed",
-    "machine_detected": "voicemail",
-    "fax_detected": "voicemail",
-    "user_hangup": "hangup-user",
-    "subscriber_absent": "hangup-user",
-    "time_limit": "timeout",
-}
-UNKNOWN_HANGUP_CAUSE_REASON = "completed"
-
-# payload.direction → our direction.
-DIRECTIONS: dict[str, str] = {
-    "incoming": "inbound",
-    "inbound": "inbound",
-    "outgoing": "outbound",
-    "outbound": "outbound",
-}
-
-# Verification failure reasons (logged by the webhook view; never contain key material).
-REASON_NO_PUBLIC_KEY = (
-    "Missing telnyx.publicKey: set telnyx.publicKey (or TELNYX_PUBLIC_KEY) to the public key from "
-    "Telnyx Mission Control (Keys & Credentials > Public Key), or skipSignatureVerification for local development"
-)
-REASON_BAD_PUBLIC_KEY = (
-    "telnyx.publicKey is not an Ed25519 public key (expected base64 of the raw 32-byte key, base64 DER "
-    "SPKI, base64url or PEM)"
-)
-REASON_MISSING_HEADERS = f"missing {SIGNATURE_HEADER} or {TIMESTAMP_HEADER} header"
-REASON_BAD_TIMESTAMP = f"{TIMESTAMP_HEADER} is not an integer number of seconds"
-REASON_BAD_SIGNATURE_ENCODING = f"{SIGNATURE_HEADER} is not a base64 Ed25519 signature"
-REASON_SIGNATURE_MISMATCH = "signature does not match"
-REASON_TIMESTAMP_TOO_OLD = "Timestamp too old"
-REASON_TIMESTAMP_IN_FUTURE = "Timestamp too far in the future"
-
-_TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}$")
-_BASE64_CHARS_RE = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
-
-
-# --- key and signature decoding ------------------------------------------------------------------
-
-
-def _b64decode_any(text: str) -> bytes | None:
-    """Decode standard base64 or base64url, padding optional; None when it is neither."""
-    compact = "".join(text.split())
-    if not compact or not _BASE64_CHARS_RE.match(compact):
-        return None
-    if any(c in compact for c in "+/") and any(c in compact for c in "-_"):
-        return None  # one alphabet or the other, never a mix
-    unpadded = compact.rstrip("=")
-    padded = unpadded + "=" * (-len(unpadded) % 4)
-    try:
-        if "-" in padded or "_" in padded:
-            return base64.urlsafe_b64decode(padded)
-        return base64.b64decode(padded, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-
-
-def _raw_key_from_spki(der_or_pem: bytes, *, pem: bool) -> bytes | None:
-    try:
-        key = (
-            serialization.load_pem_public_key(der_or_pem)
-            if pem
-            else serialization.load_der_public_key(der_or_pem)
-        )
-    except (ValueError, TypeError):
-        return None
-    if not isinstance(key, Ed25519PublicKey):
-        return None
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def load_public_key(text: str) -> VerifyKey:
-    """An Ed25519 verify key from any spelling of reference §4.3: base64 of the raw 32-byte key,
-    base64 of a DER SubjectPublicKeyInfo, either in base64url, or a PEM block. Raises ValueError."""
-    text = (text or "").strip()
-    if not text:
-        raise ValueError(REASON_NO_PUBLIC_KEY)
-    if "-----BEGIN" in text:
-        raw = _raw_key_from_spki(text.encode(), pem=True)
-    else:
-        decoded = _b64decode_any(text)
-        if decoded is None:
-            raw = None
-        elif len(decoded) == ED25519_KEY_BYTES:
-            raw = decoded
-        else:
-            raw = _raw_key_from_spki(decoded, pem=False)
-    if raw is None or len(raw) != ED25519_KEY_BYTES:
-        raise ValueError(REASON_BAD_PUBLIC_KEY)
-    return VerifyKey(raw)
-
-
-def decode_signature(value: str) -> bytes | None:
-    """The 64 signature bytes of a base64 or base64url header value; None when malformed."""
-    decoded = _b64decode_any(value or "")
-    if decoded is None or len(decoded) != ED25519_SIGNATURE_BYTES:
-        return None
-    return decoded
-
-
-def replay_key(timestamp: str, signature: bytes, body: bytes) -> str:
-    """OC §4.4: ``telnyx:`` + sha256(timestamp \\n canonical base64 signature \\n raw body). The
-    signature is re-encoded as standard base64 so its base64url spelling is the same replay."""
-    canonical = base64.b64encode(signature).decode()
-    material = f"{timestamp}\n{canonical}\n".encode() + body
-    return "telnyx:" + hashlib.sha256(material).hexdigest()
-
-
-def encode_client_state(call_id: str) -> str:
-    """``client_state`` is base64 on the wire; we put our call id in it (fact sheet §3.2)."""
-    return base64.b64encode(call_id.encode()).decode()
-
-
-def decode_client_state(value: Any) -> str | None:
-    """Our call id from ``client_state``; the raw value when it is not valid base64 text (later
-    upstream behaviour), None when absent."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        decoded = base64.b64decode(value, validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        return value
-    return decoded.strip() or value
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-# --- the provider --------------------------------------------------------------------------------
-
-
-def _telnyx_speaks(voice: str) -> bool:
-    """A voice name Telnyx's speak command accepts (basic voices and engine-prefixed ones)."""
-    return voice in BASIC_VOICES or voice.startswith(VOICE_ENGINE_PREFIXES)
 
 
 class TelnyxProvider(Provider):
@@ -316,32 +98,8 @@ class TelnyxProvider(Provider):
 
     # --- webhooks -------------------------------------------------------------------------------
     def verify_webhook(self, request) -> VerifyResult:
-        """Ed25519 over ``"{timestamp}|{raw body}"`` (protocols §5), then the ±300 s window.
-
-        Order as upstream (fact sheet §4.3): key configured, headers present, timestamp an integer,
-        signature valid, then freshness. Fails closed when the public key is missing or unusable.
-        """
-        if self._verify_key is None:
-            return VerifyResult(ok=False, reason=self._key_problem or REASON_NO_PUBLIC_KEY)
-        signature_text = header(request, SIGNATURE_HEADER)
-        timestamp = (header(request, TIMESTAMP_HEADER) or "").strip()
-        if not signature_text or not timestamp:
-            return VerifyResult(ok=False, reason=REASON_MISSING_HEADERS)
-        if not _TIMESTAMP_RE.match(timestamp):
-            return VerifyResult(ok=False, reason=REASON_BAD_TIMESTAMP)
-        signature = decode_signature(signature_text)
-        if signature is None:
-            return VerifyResult(ok=False, reason=REASON_BAD_SIGNATURE_ENCODING)
-        try:
-            self._verify_key.verify(timestamp.encode() + b"|" + request.body, signature)
-        except BadSignatureError:
-            return VerifyResult(ok=False, reason=REASON_SIGNATURE_MISMATCH)
-        skew = self.clock() - int(timestamp)
-        if skew > TIMESTAMP_TOLERANCE_SECONDS:
-            return VerifyResult(ok=False, reason=REASON_TIMESTAMP_TOO_OLD)
-        if skew < -TIMESTAMP_TOLERANCE_SECONDS:
-            return VerifyResult(ok=False, reason=REASON_TIMESTAMP_IN_FUTURE)
-        return VerifyResult(ok=True, request_key=replay_key(timestamp, signature, request.body))
+        """Ed25519 over ``"{timestamp}|{raw body}"`` (protocols §5), then the ±300 s window."""
+        return verify_signature(self._verify_key, self._key_problem, request, self.clock())
 
     def parse_webhook(self, request, request_key: str) -> ParsedWebhook:
         """One Telnyx envelope → at most one event. No ``data.event_type`` or an event type we do
