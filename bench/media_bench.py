@@ -44,7 +44,7 @@ import uuid
 from pathlib import Path
 
 import websockets
-from bench_support import free_port, percentile, wait_for_port
+from bench_support import free_port, percentile, process_cpu_s, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -164,8 +164,7 @@ class Bench:
         assert self.fakes.stdout.readline().strip() == "ok"
 
     def daphne_cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.daphne.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        return process_cpu_s(self.daphne.pid)
 
     def daphne_rss_kib(self) -> int:
         for line in Path(f"/proc/{self.daphne.pid}/status").read_text().splitlines():

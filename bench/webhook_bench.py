@@ -63,22 +63,20 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from email.utils import formatdate
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from bench_support import (
+    CpuMeter,
     admin_connect,
     cpu_model,
     free_port,
-    percentile,
     release_throwaway_stores,
     stop_process,
     wait_for_port,
 )
+from webhook_load import PassResult, StatusCallbacks, client_ip, healthz_requests, run_pass
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -86,7 +84,6 @@ sys.path.insert(0, str(REPO))
 TIME_BUDGET_S = 215.0  # hard stop, inside the 4 minutes a bench may take on 2 cores
 CALLS = 1000  # calls that receive the callbacks, in turn
 WARMUP_REQUESTS = 200
-WEBHOOK_PATH = "/voice/webhook"
 SHARED_IP_CLIENTS = 64  # the one-source-address check (see `shared_ip_check`)
 
 
@@ -122,244 +119,6 @@ async def run_proxy(port: int, backends: list[int]) -> None:
     server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
     async with server:
         await server.serve_forever()
-
-
-# --------------------------------------------------------------------------------------------------
-# The load generator
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Request:
-    head: bytes  # request line and headers, without the X-Forwarded-For line and the blank line
-    body: bytes = b""
-
-
-@dataclass
-class PassResult:
-    kind: str  # "webhook" | "healthz"
-    clients: int
-    requests: int
-    elapsed: float
-    latencies: list[float]
-    statuses: Counter = field(default_factory=Counter)
-    cpu: CpuUse | None = None
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.elapsed
-
-    def p(self, q: float) -> float:
-        return percentile(self.latencies, q)
-
-
-# --------------------------------------------------------------------------------------------------
-# CPU accounting (Linux /proc): where a pass spent the machine's cores
-# --------------------------------------------------------------------------------------------------
-
-CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _stat_fields(pid: int | str) -> tuple[str, list[str]] | None:
-    """(comm, the fields after it) of /proc/PID/stat; None when the process is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    head, _, rest = raw.rpartition(")")
-    return head.partition("(")[2], rest.split()
-
-
-def process_cpu_s(pids: list[int]) -> float:
-    """User + system seconds of ``pids`` (all their threads)."""
-    total = 0
-    for pid in pids:
-        fields = _stat_fields(pid)
-        if fields is not None:
-            total += int(fields[1][11]) + int(fields[1][12])  # utime, stime
-    return total / CLK_TCK
-
-
-def postgres_cpu_s() -> float:
-    """User + system seconds of every PostgreSQL process, plus those of backends that already exited
-    (reaped into the postmaster's cutime/cstime) -- so short-lived per-request backends count too.
-    Covers the whole server: other databases' work on this machine is included."""
-    total = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        fields = _stat_fields(entry.name)
-        if fields is None or fields[0] != "postgres":
-            continue
-        total += sum(int(v) for v in fields[1][11:15])  # utime, stime, cutime, cstime
-    return total / CLK_TCK
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of all cores since boot, from /proc/stat."""
-    try:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0.0, 0.0
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    return float(sum(values[:8]) - idle), float(sum(values[:8]))
-
-
-@dataclass
-class CpuUse:
-    """What a pass used: machine busy share; per request, CPU ms of the servers, PostgreSQL and the
-    client, and PostgreSQL sessions opened."""
-
-    busy: float
-    servers_ms: float
-    postgres_ms: float
-    client_ms: float
-    sessions: float
-
-
-class CpuMeter:
-    def __init__(self, server_pids: list[int], sessions: Callable[[], int]):
-        self.server_pids = server_pids
-        self.sessions = sessions
-
-    def snapshot(self) -> tuple:
-        times = os.times()
-        return (machine_cpu(), process_cpu_s(self.server_pids), postgres_cpu_s(), times.user + times.system,
-                self.sessions())
-
-    @staticmethod
-    def use(before: tuple, after: tuple, requests: int) -> CpuUse:
-        (busy0, total0), servers0, pg0, client0, sessions0 = before
-        (busy1, total1), servers1, pg1, client1, sessions1 = after
-        per = 1000 / max(1, requests)
-        busy = (busy1 - busy0) / (total1 - total0) if total1 > total0 else float("nan")
-        return CpuUse(busy, (servers1 - servers0) * per, (pg1 - pg0) * per, (client1 - client0) * per,
-                      (sessions1 - sessions0) / max(1, requests))
-
-
-def client_ip(index: int) -> str:
-    """One address per simulated client, inside Twilio's documented 54.172.60.0/23 edge range."""
-    return f"54.172.{60 + index // 256}.{index % 256}"
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """One HTTP/1.1 response (Content-Length or chunked body): (status, server closes)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split(b" ", 2)[1])
-    length, chunked, close = 0, False, False
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        name, value = name.strip().lower(), value.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding" and b"chunked" in value:
-            chunked = True
-        elif name == b"connection" and value == b"close":
-            close = True
-    if chunked:
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
-            await reader.readexactly(size + 2)
-            if size == 0:
-                break
-    elif length:
-        await reader.readexactly(length)
-    return status, close
-
-
-async def run_pass(port: int, kind: str, requests: list[Request], clients: int,
-                   ips: list[str] | None = None, meter: CpuMeter | None = None) -> PassResult:
-    """Closed loop: ``clients`` keep-alive connections share the request list; each sends the next
-    request as soon as its previous answer is complete. Connections are opened before the clock."""
-    ips = ips or [client_ip(i) for i in range(clients)]
-    latencies = [0.0] * len(requests)
-    statuses: Counter = Counter()
-    cursor = iter(range(len(requests)))
-
-    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection("127.0.0.1", port)
-
-    async def client(index: int, conn) -> None:
-        reader, writer = conn
-        xff = f"X-Forwarded-For: {ips[index % len(ips)]}\r\n\r\n".encode()
-        try:
-            for i in cursor:
-                request = requests[i]
-                started = time.perf_counter()
-                writer.write(request.head + xff + request.body)
-                status, close = await _read_response(reader)
-                latencies[i] = time.perf_counter() - started
-                statuses[status] += 1
-                if close:
-                    writer.close()
-                    reader, writer = await connect()
-        finally:
-            writer.close()
-
-    conns = await asyncio.gather(*(connect() for _ in range(clients)))
-    cpu_before = meter.snapshot() if meter else None
-    started = time.perf_counter()
-    await asyncio.gather(*(client(i, conn) for i, conn in enumerate(conns)))
-    elapsed = time.perf_counter() - started
-    cpu = CpuMeter.use(cpu_before, meter.snapshot(), len(requests)) if meter else None
-    return PassResult(kind, clients, len(requests), elapsed, latencies, statuses, cpu)
-
-
-# --------------------------------------------------------------------------------------------------
-# Requests
-# --------------------------------------------------------------------------------------------------
-
-
-def healthz_requests(count: int) -> list[Request]:
-    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: webhook-bench\r\n"
-    return [Request(head)] * count
-
-
-class StatusCallbacks:
-    """Distinct, validly signed Twilio status callbacks for ``calls`` in turn (protocols.md §2)."""
-
-    def __init__(self, calls: list[tuple[str, str]], *, account_sid: str, auth_token: str, public_url: str,
-                 from_number: str, to_number: str):
-        from tests.fakes.twilio import twilio_signature
-
-        self.sign = lambda url, params: twilio_signature(auth_token, url, params)
-        self.calls, self.account_sid, self.public_url = calls, account_sid, public_url
-        self.host = urlsplit(public_url).netloc
-        self.from_number, self.to_number = from_number, to_number
-        self.sequence = [0] * len(calls)
-        self.turn = 0
-        self.made = 0
-
-    def take(self, count: int) -> list[Request]:
-        out = []
-        for _ in range(count):
-            index = self.turn % len(self.calls)
-            self.turn += 1
-            call_id, sid = self.calls[index]
-            seq = self.sequence[index]
-            self.sequence[index] += 1
-            query = urlencode({"callId": call_id, "type": "status"})
-            params = [
-                ("AccountSid", self.account_sid), ("ApiVersion", "2010-04-01"), ("CallSid", sid),
-                ("CallStatus", "ringing" if seq % 2 == 0 else "in-progress"),
-                ("Called", self.to_number), ("Caller", self.from_number), ("Direction", "outbound-api"),
-                ("From", self.from_number), ("To", self.to_number),
-                ("CallbackSource", "call-progress-events"), ("SequenceNumber", str(seq)),
-                ("Timestamp", formatdate(usegmt=True)),
-            ]
-            body = urlencode(params).encode()
-            signature = self.sign(f"{self.public_url}?{query}", params)
-            head = (
-                f"POST {WEBHOOK_PATH}?{query} HTTP/1.1\r\nHost: {self.host}\r\n"
-                "Content-Type: application/x-www-form-urlencoded\r\n"
-                f"Content-Length: {len(body)}\r\nX-Twilio-Signature: {signature}\r\n"
-                f"I-Twilio-Idempotency-Token: {uuid.uuid4()}\r\nX-Forwarded-Proto: https\r\n"
-                "User-Agent: TwilioProxy/1.1\r\n"
-            ).encode()
-            out.append(Request(head, body))
-        self.made += count
-        return out
 
 
 # --------------------------------------------------------------------------------------------------

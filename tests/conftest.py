@@ -22,6 +22,8 @@ from voicecall_site.celery import app as celery_app
 
 REPO = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["tests.media_support"]
+
 # Property tests run the same examples on every run (``make test`` must pass every time, not most
 # times) and keep no example database in the checkout. ``HYPOTHESIS_PROFILE=explore`` draws fresh
 # examples for a local bug hunt; a failure prints the example and the blob to reproduce it.

@@ -38,7 +38,6 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -47,6 +46,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 
 from tests.fakes.polling import wait_until
+from tests.fakes.twilio_records import Callee, Delivery, FakeCall, RestRequest
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "fake_twilio_auth_token_0123456789"
@@ -58,7 +58,6 @@ PUBLIC_URL = PUBLIC_ORIGIN + "/voice/webhook"
 FROM_NUMBER = "+15550001000"
 
 GATHER_WAIT_S = 30.0  # how long a silent <Gather> waits for the test before "timing out"
-TERMINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 
 NOT_FOUND = {"code": 20404, "more_info": "https://www.twilio.com/docs/errors/20404", "status": 404}
 NOT_IN_PROGRESS = {
@@ -81,73 +80,6 @@ def twilio_signature(auth_token: str, url: str, params: Iterable[tuple[str, str]
     material = url + "".join(name + value for name in sorted(grouped) for value in sorted(grouped[name]))
     digest = hmac.new(auth_token.encode(), material.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
-
-
-@dataclass
-class RestRequest:
-    method: str
-    path: str
-    form: list[tuple[str, str]]
-    status: int = 0
-
-    def get(self, name: str) -> str | None:
-        return next((v for k, v in self.form if k == name), None)
-
-    def getlist(self, name: str) -> list[str]:
-        return [v for k, v in self.form if k == name]
-
-
-@dataclass
-class Delivery:
-    """One webhook request the fake made to the local server."""
-
-    call_sid: str
-    kind: str  # "voice", "status", "gather", "redirect"
-    url: str  # the public URL that was signed
-    params: list[tuple[str, str]]
-    status: int | None = None
-    body: str = ""
-
-
-@dataclass
-class Callee:
-    answers: bool = True
-    replies: list[str] = field(default_factory=list)
-    answer_unprompted: bool = False
-
-    def next_reply(self, prompted: bool) -> str | None:
-        if (prompted or self.answer_unprompted) and self.replies:
-            return self.replies.pop(0)
-        return None
-
-
-@dataclass
-class FakeCall:
-    sid: str
-    direction: str  # "outbound-api" | "inbound"
-    from_: str
-    to: str
-    url: str
-    status_callback: str | None = None
-    status_callback_events: list[str] = field(default_factory=list)
-    timeout: int | None = None
-    status: str = "queued"
-    spoken: list[str] = field(default_factory=list)
-    pauses: list[int] = field(default_factory=list)
-    digits_played: list[str] = field(default_factory=list)
-    gathers: list[str] = field(default_factory=list)  # <Gather action> URLs, in order
-    documents: list[str] = field(default_factory=list)  # every TwiML document executed
-    rejected: bool = False
-    ended_by: str | None = None  # "twiml", "api", "callee", "no-answer", "error", "document-end"
-    sequence: int = 0
-    control: queue.Queue = field(default_factory=queue.Queue)  # REST updates: ("twiml", xml) / ("hangup",)
-    caller: queue.Queue = field(default_factory=queue.Queue)  # test cues: ("say", text) / ("silence",) / ...
-    ended: threading.Event = field(default_factory=threading.Event)
-    listening: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def is_over(self) -> bool:
-        return self.status in TERMINAL_STATUSES
 
 
 class FakeTwilio:
