@@ -124,6 +124,9 @@ class VerifyResult:
     ok: bool
     reason: str = ""
     request_key: str | None = None  # stable hash of the authenticated material: the replay key
+    # Other replay keys naming the same request (a Plivo request signed both V3 and V2): stored
+    # with it, so a copy that presents only the other signature is still a replay.
+    equivalent_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

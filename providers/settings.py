@@ -39,6 +39,7 @@ class PlivoSettings:
     auth_id: str | None = None
     auth_token: str | None = field(default=None, repr=False)
     api_base_url: str = "https://api.plivo.com"
+    allow_v2_signatures: bool = False
 
 
 @dataclass(frozen=True)

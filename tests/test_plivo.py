@@ -24,6 +24,7 @@ from providers.plivo import (
     v3_signature,
 )
 from providers.plivo import provider as plivo_provider
+from providers.plivo.signatures import REASON_V3_REQUIRED
 from providers.security import WebhookRequest
 from tests.fakes.plivo import FakePlivo
 
@@ -139,15 +140,31 @@ def test_v3_is_preferred_so_a_valid_v2_signature_does_not_rescue_a_bad_v3_one():
     assert not provider.verify_webhook(form_request(url, params, headers)).ok
 
 
-def test_v2_signature_alone_is_accepted_with_a_v2_replay_key():
-    provider = PlivoProvider(make_config())
+def test_v2_signature_alone_is_refused_unless_v2_is_allowed():
+    """V2 signs neither the body nor the query: a captured request's V2 headers would carry any
+    forged body. Refused by default; ``plivo.allowV2Signatures`` accepts it with a V2 replay key."""
     url, params = "https://example.com/voice/webhook?flow=answer", {"CallUUID": "abc"}
     signed = FakePlivo(auth_token=PLIVO_TOKEN).sign(url, params)
     headers = {k: v for k, v in signed.items() if "V3" not in k}
+    refused = PlivoProvider(make_config()).verify_webhook(form_request(url, params, headers))
+    assert not refused.ok and refused.reason == REASON_V3_REQUIRED
+    forged_body = PlivoProvider(make_config()).verify_webhook(form_request(url, {"CallStatus": "completed"}, headers))
+    assert not forged_body.ok
+
+    provider = PlivoProvider(make_config(plivo={"authId": AUTH_ID, "authToken": PLIVO_TOKEN, "allowV2Signatures": True}))
     verdict = provider.verify_webhook(form_request(url, params, headers))
     assert verdict.ok and verdict.request_key.startswith("plivo:v2:")
     wrong = {**headers, "X-Plivo-Signature-V2": v2_signature("another-token", url, headers["X-Plivo-Signature-V2-Nonce"])}
     assert not provider.verify_webhook(form_request(url, params, wrong)).ok
+
+
+def test_a_v3_verified_request_names_its_v2_key_so_a_v2_only_copy_is_a_replay():
+    provider = PlivoProvider(make_config(plivo={"authId": AUTH_ID, "authToken": PLIVO_TOKEN, "allowV2Signatures": True}))
+    url, params = "https://example.com/voice/webhook?flow=answer", {"CallUUID": "abc"}
+    signed = FakePlivo(auth_token=PLIVO_TOKEN).sign(url, params)
+    both = provider.verify_webhook(form_request(url, params, signed))
+    v2_only = provider.verify_webhook(form_request(url, params, {k: v for k, v in signed.items() if "V3" not in k}))
+    assert both.request_key.startswith("plivo:v3:") and both.equivalent_keys == (v2_only.request_key,)
 
 
 def test_replay_key_is_the_same_for_the_same_signed_request_and_differs_with_a_new_nonce():

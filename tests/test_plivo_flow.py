@@ -258,3 +258,40 @@ def test_request_uuid_is_cancelled_before_answer_and_upgraded_by_the_hangup_call
     assert hangup.status == 200 and hangup.params["CallStatus"] == "cancel"
     call.refresh_from_db()
     assert call.state == "hangup-bot" and call.provider_call_id == fake_call.call_uuid
+
+
+def _v2_only(headers: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if "V3" not in k}
+
+
+def test_a_captured_requests_v2_headers_cannot_carry_a_forged_hangup(plivo_world, fake):
+    """The downgrade: a captured callback's V2 headers, V3 stripped, on the hang-up URL with a forged
+    body. V2 signs neither body nor query, so it is refused by default and the live call stays up."""
+    plivo_world()
+    call = services.initiate_call(to=CALLEE, message="Hello there", mode="conversation")
+    wait_until(lambda: Call.objects.get(id=call.id).state == "listening")
+    (answer,) = wait_until(lambda: fake.deliveries_of("answer"))
+    forged = {**answer.params, "CallStatus": "completed", "Event": "Hangup", "HangupCause": "NORMAL_CLEARING"}
+    hangup_url = answer.url.replace("flow=answer", "flow=hangup")
+    before = (CallEvent.objects.count(), WebhookReceipt.objects.count())
+    response = fake._http.post(hangup_url, data=forged, headers=_v2_only(answer.headers), timeout=10)
+    assert response.status_code == 401
+    assert (CallEvent.objects.count(), WebhookReceipt.objects.count()) == before
+    assert Call.objects.get(id=call.id).state == "listening"
+
+
+def test_with_v2_allowed_a_v2_only_copy_of_an_accepted_request_is_a_replay(plivo_world, fake):
+    plivo_world(plivo={"authId": fake.auth_id, "authToken": fake.auth_token, "apiBaseUrl": fake.base_url,
+                       "allowV2Signatures": True})
+    call = services.initiate_call(to=CALLEE, message="Hello there", mode="conversation")
+    wait_until(lambda: Call.objects.get(id=call.id).state == "listening")
+    (answer,) = wait_until(lambda: fake.deliveries_of("answer"))
+    before = (CallEvent.objects.count(), TranscriptEntry.objects.count(), Call.objects.get(id=call.id).state)
+    copy = fake._http.post(answer.url, data=answer.params, headers=_v2_only(answer.headers), timeout=10)
+    assert (copy.status_code, copy.text) == (200, answer.body)
+    assert (CallEvent.objects.count(), TranscriptEntry.objects.count(), Call.objects.get(id=call.id).state) == before
+    # A fresh V2-only request (new nonce) is accepted in this mode.
+    fresh = fake._http.post(answer.url, data=answer.params,
+                            headers=_v2_only(fake.sign(answer.url, answer.params, nonce="99999999999999999999")),
+                            timeout=10)
+    assert fresh.status_code == 200

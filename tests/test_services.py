@@ -277,6 +277,16 @@ class TestReaper:
         queued.refresh_from_db()
         assert queued.state == "failed" and queued.provider_call_id is None
 
+    def test_queued_placement_past_its_deadline_is_failed_before_the_stale_threshold(self, configure):
+        configure(staleCallReaperSeconds=600, outbound={"placementTimeoutSeconds": 30})
+        late = CallFactory(state="initiated")
+        fresh = CallFactory(state="initiated")
+        Call.objects.filter(id=late.id).update(started_at=timezone.now() - timedelta(seconds=31))
+        assert services.reap_stale_calls()["expiredPlacements"] == 1
+        late.refresh_from_db()
+        assert late.state == "failed" and late.last_error == services.PLACEMENT_EXPIRED.format(seconds=30)
+        assert Call.objects.get(id=fresh.id).state == "initiated"
+
     def test_answered_call_past_max_duration_times_out(self, configure):
         configure(maxDurationSeconds=60)
         call = AnsweredCallFactory(state="listening")

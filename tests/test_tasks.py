@@ -1,8 +1,11 @@
 """Celery tasks are thin; placement retries carrier hiccups and gives up cleanly."""
 
-import pytest
+from datetime import timedelta
 
-from calls import tasks
+import pytest
+from django.utils import timezone
+
+from calls import services, tasks
 from calls.models import Call
 from providers.base import PlacedCall, ProviderError
 from providers.mock import MockProvider
@@ -75,3 +78,26 @@ def test_reaper_task_is_scheduled_every_30_seconds():
     entry = settings.CELERY_BEAT_SCHEDULE["reap-stale-calls"]
     assert entry == {"task": "calls.tasks.reap_stale_calls", "schedule": 30.0}
     assert tasks.reap_stale_calls.name == entry["task"]
+
+
+def test_a_placement_older_than_its_deadline_is_never_dialed(monkeypatch, configure):
+    """A placement queued while no worker ran must not ring someone's phone hours later."""
+    configure(outbound={"placementTimeoutSeconds": 60})
+    dials = []
+    monkeypatch.setattr(MockProvider, "initiate_call", lambda self, request: dials.append(request) or PlacedCall("x"))
+    call = CallFactory()
+    Call.objects.filter(id=call.id).update(started_at=timezone.now() - timedelta(seconds=61))
+    tasks.place_call.apply(args=(str(call.id),))
+    call.refresh_from_db()
+    assert dials == []
+    assert call.state == "failed" and call.provider_call_id is None
+    assert call.last_error == services.PLACEMENT_EXPIRED.format(seconds=60)
+
+
+def test_a_placement_within_its_deadline_is_dialed(monkeypatch, configure):
+    configure(outbound={"placementTimeoutSeconds": 60})
+    monkeypatch.setattr(MockProvider, "initiate_call", lambda self, request: PlacedCall("mock-in-time"))
+    call = CallFactory()
+    Call.objects.filter(id=call.id).update(started_at=timezone.now() - timedelta(seconds=50))
+    tasks.place_call.apply(args=(str(call.id),))
+    assert Call.objects.get(id=call.id).provider_call_id == "mock-in-time"

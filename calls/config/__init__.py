@@ -13,6 +13,7 @@ from calls.config.errors import ConfigError  # noqa: F401 - re-exported
 from calls.config.loading import (  # noqa: F401 - re-exported
     CONFIG_ENV_VAR,
     DEFAULT_CONFIG_FILENAME,
+    PLIVO_V2_WARNING,
     PROVIDER_ENV_FALLBACKS,
     SECURITY_WARNING,
     config_from_dict,

@@ -75,6 +75,11 @@ SECURITY_WARNING = (
     "Never use this in production."
 )
 
+PLIVO_V2_WARNING = (
+    "SECURITY WARNING: plivo.allowV2Signatures is on; requests signed only with X-Plivo-Signature-V2 "
+    "are accepted, and V2 does not sign the body or the query. Turn it off once Plivo sends V3."
+)
+
 # (config path, env var) pairs; applied before validation only where the config leaves the key unset.
 PROVIDER_ENV_FALLBACKS: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
     "twilio": (
@@ -253,6 +258,8 @@ def _build(document: Any, *, env: Mapping[str, str], source: str | None) -> Voic
         cfg.enabled = False
     if cfg.skip_signature_verification:
         logger.warning(SECURITY_WARNING)
+    if cfg.provider == "plivo" and cfg.plivo.allow_v2_signatures:
+        logger.warning(PLIVO_V2_WARNING)
     return cfg
 
 

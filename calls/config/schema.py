@@ -173,6 +173,9 @@ class PlivoConfig(_Section):
     auth_id: NonEmptyStr | None = None
     auth_token: NonEmptyStr | None = None
     api_base_url: HttpUrlStr = "https://api.plivo.com"
+    # V2 signs the URL without its query and never the body: accepting it alone lets a captured
+    # request's headers carry a forged body. Off unless an operator needs it (warned at load).
+    allow_v2_signatures: bool = False
 
 
 class MockConfig(_Section):
@@ -187,6 +190,9 @@ class MockConfig(_Section):
 class OutboundConfig(_Section):
     default_mode: Literal["notify", "conversation"] = "notify"
     notify_hangup_delay_sec: NonNegativeInt = 3
+    # A call not dialed this long after it was requested (no worker, a broker outage) is failed,
+    # never dialed late: a call hours after the agent asked for it is worse than none.
+    placement_timeout_seconds: PositiveInt = 60
 
 
 class ServeConfig(_Section):

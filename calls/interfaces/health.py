@@ -81,7 +81,8 @@ def check_channel_layer() -> None:
 
 
 def check_broker() -> str | None:
-    from voicecall_site.celery import app
+    # The project's Celery app (voicecall_site/__init__.py creates it before Django is set up).
+    from celery import current_app as app
 
     if app.conf.task_always_eager:
         return EAGER_BROKER_NOTE

@@ -89,6 +89,7 @@ def carrier_webhook(request: HttpRequest) -> HttpResponse:
         if len(body) > MAX_BODY_BYTES:
             return _plain(413, "Payload Too Large")
         wr = dataclasses.replace(head, body=body)
+        equivalent_keys: tuple[str, ...] = ()
         if config.skip_signature_verification:
             request_key = skip_mode_replay_key(provider.name, wr.method, wr.path + "?" + wr.query_string, body)
         else:
@@ -101,9 +102,9 @@ def carrier_webhook(request: HttpRequest) -> HttpResponse:
                     verdict.reason or "no request key",
                 )
                 return _plain(401, "Unauthorized")
-            request_key = verdict.request_key
+            request_key, equivalent_keys = verdict.request_key, verdict.equivalent_keys
         try:
-            result = services.process_webhook(provider, wr, request_key)
+            result = services.process_webhook(provider, wr, request_key, equivalent_keys=equivalent_keys)
         except WebhookParseError as exc:
             logger.warning("%s webhook body rejected: %s", provider.name, exc)
             return _plain(400, "Bad Request")

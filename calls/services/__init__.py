@@ -42,6 +42,7 @@ from calls.services.records import (  # noqa: F401
     MAX_SPOKEN_TEXT_CHARS,
     MESSAGE_REQUIRED,
     MOCK_DEFAULT_FROM,
+    PLACEMENT_EXPIRED,
     PLACEMENT_INTERRUPTED,
     TEXT_TOO_LONG,
     TO_REQUIRED,

@@ -369,13 +369,17 @@ class WebhookResult:
     outcomes: list[EventOutcome] = field(default_factory=list)
 
 
-def process_webhook(provider: Provider, request, request_key: str) -> WebhookResult:
+def process_webhook(
+    provider: Provider, request, request_key: str, *, equivalent_keys: tuple[str, ...] = ()
+) -> WebhookResult:
     """A verified webhook: replay check, parse, apply every event, render the reply — one transaction.
 
-    A request whose key was seen before (any process, any time in the last day) gets the stored reply
-    and changes nothing. Raises ``WebhookParseError`` for bodies the carrier would never send.
+    A request whose key (or one of its ``equivalent_keys``: the same request under another signature
+    version) was seen before -- any process, any time in the retention window -- gets the stored
+    reply and changes nothing. Raises ``WebhookParseError`` for bodies the carrier would never send.
     """
-    previous = WebhookReceipt.objects.filter(request_key=request_key).first()
+    keys = [request_key[:200], *(k[:200] for k in equivalent_keys if k and k != request_key)]
+    previous = WebhookReceipt.objects.filter(request_key__in=keys).first()
     if previous is not None:
         return WebhookResult(_stored_reply(previous), replay=True)
     config = get_config()
@@ -385,7 +389,7 @@ def process_webhook(provider: Provider, request, request_key: str) -> WebhookRes
             with transaction.atomic():
                 receipt = WebhookReceipt.objects.create(request_key=request_key[:200], provider=provider.name)
         except IntegrityError:
-            previous = WebhookReceipt.objects.filter(request_key=request_key).first()
+            previous = WebhookReceipt.objects.filter(request_key__in=keys).first()
             return WebhookResult(_stored_reply(previous) if previous else WebhookReply(), replay=True)
         outcomes = [apply_event(provider, event) for event in parsed.events]
         call = next((o.call for o in reversed(outcomes) if o.call is not None), None)
@@ -408,6 +412,12 @@ def process_webhook(provider: Provider, request, request_key: str) -> WebhookRes
         receipt.content_type = reply.content_type
         receipt.body = reply.body
         receipt.save(update_fields=["status_code", "content_type", "body"])
+        for key in keys[1:]:
+            WebhookReceipt.objects.get_or_create(
+                request_key=key,
+                defaults={"provider": provider.name, "status_code": reply.status,
+                          "content_type": reply.content_type, "body": reply.body},
+            )
     return WebhookResult(reply, outcomes=outcomes)
 
 

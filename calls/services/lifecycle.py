@@ -32,6 +32,7 @@ from calls.services.records import (
     MAX_CONCURRENT_CALLS,
     MOCK_DEFAULT_FROM,
     NOTIFY_END_REASON,
+    PLACEMENT_EXPIRED,
     PLACEMENT_INTERRUPTED,
     TO_REQUIRED,
     ServiceError,
@@ -115,6 +116,11 @@ def place_call(call_id: str) -> str:
         if call.metadata.get("dialClaimedAt"):
             finalize(call, CallState.FAILED.value, error=PLACEMENT_INTERRUPTED)
             return "interrupted"
+        deadline = config.outbound.placement_timeout_seconds
+        if timezone.now() - call.started_at > timedelta(seconds=deadline):
+            finalize(call, CallState.FAILED.value, error=PLACEMENT_EXPIRED.format(seconds=deadline))
+            logger.warning("call %s not dialed: placement deadline of %s s passed", call.id, deadline)
+            return "expired"
         call.metadata = {**call.metadata, "dialClaimedAt": epoch_ms(timezone.now())}
         call.save(update_fields=["metadata", "updated_at"])
 

@@ -17,6 +17,7 @@ from calls.models import (
 from calls.services.effects import Effect, dispatch
 from calls.services.lifecycle import end_call, enforce_max_duration, fail_call, safe_hangup
 from calls.services.records import (
+    PLACEMENT_EXPIRED,
     PLACEMENT_INTERRUPTED,
     RECEIPT_RETENTION,
     ServiceError,
@@ -36,7 +37,14 @@ def reap_stale_calls() -> dict[str, int]:
     ``maxDurationSeconds`` (fact sheet §10). A live conversation is never reaped for staleness."""
     config = get_config()
     now = timezone.now()
-    reaped = {"stale": 0, "maxDuration": 0}
+    reaped = {"stale": 0, "maxDuration": 0, "expiredPlacements": 0}
+    # Queued placements past their deadline (no worker took them): failed, never dialed late.
+    placement_deadline = now - timedelta(seconds=config.outbound.placement_timeout_seconds)
+    for call in Call.objects.filter(state=CallState.INITIATED.value, provider_call_id__isnull=True,
+                                    started_at__lt=placement_deadline):
+        if not call.metadata.get("dialClaimedAt"):
+            fail_call(str(call.id), PLACEMENT_EXPIRED.format(seconds=config.outbound.placement_timeout_seconds))
+            reaped["expiredPlacements"] += 1
     if config.stale_call_reaper_seconds > 0:
         cutoff = now - timedelta(seconds=config.stale_call_reaper_seconds)
         stale = Call.objects.filter(

@@ -44,6 +44,9 @@ INVALID_DIGITS = "digits may only contain digits, *, #, comma, w, p"
 DIGITS_REQUIRED = "digits required"
 MAX_SPOKEN_TEXT_CHARS = 4000  # one utterance; longer text is refused, not truncated or buffered
 TEXT_TOO_LONG = "message is longer than {limit} characters"
+PLACEMENT_EXPIRED = (
+    "not dialed within outbound.placementTimeoutSeconds ({seconds} s) of being requested; never dialed"
+)
 PLACEMENT_INTERRUPTED = "placement was interrupted after dialing began; not redialed to avoid a duplicate call"
 
 DEFAULT_INBOUND_GREETING = "Hello! How can I help you today?"

@@ -114,7 +114,9 @@ class PlivoProvider(Provider):
 
     # --- webhooks: verification -------------------------------------------------------------------
     def verify_webhook(self, request: WebhookRequest) -> VerifyResult:
-        return verify_signature(request, self._auth_token, self._candidate_urls(request))
+        return verify_signature(
+            request, self._auth_token, self._candidate_urls(request), allow_v2=self.settings.plivo.allow_v2_signatures
+        )
 
     def _public_request_url(self, request: WebhookRequest) -> str:
         trust = ForwardingTrust.for_request(self.settings.webhook_trust, request.remote_addr)

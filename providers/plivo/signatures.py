@@ -34,6 +34,9 @@ REASON_MISSING = "missing Plivo signature headers"
 REASON_METHOD = "Plivo signs only GET and POST requests"
 REASON_V3_MISMATCH = "invalid X-Plivo-Signature-V3 for URL {url}"
 REASON_V2_MISMATCH = "invalid X-Plivo-Signature-V2 for URL {url}"
+REASON_V3_REQUIRED = (
+    "X-Plivo-Signature-V3 required (a request signed only with V2 is accepted with plivo.allowV2Signatures)"
+)
 
 
 def _sorted_query(params: Mapping[str, Sequence[str]]) -> str:
@@ -124,9 +127,14 @@ def _form_params(request: WebhookRequest) -> dict[str, list[str]]:
     return params
 
 
-def verify_signature(request: WebhookRequest, auth_token: str, candidates: Sequence[str]) -> VerifyResult:
-    """V3 when its headers are present, else V2 (fact sheet §4.3), against each candidate URL; the
-    replay key is derived from the signed material only (§4.4)."""
+def verify_signature(
+    request: WebhookRequest, auth_token: str, candidates: Sequence[str], *, allow_v2: bool = False
+) -> VerifyResult:
+    """V3 when its headers are present (fact sheet §4.3), against each candidate URL; V2 alone only
+    with ``allow_v2`` (V2 covers neither the body nor the query, so a captured request's V2 headers
+    would carry any forged body). The replay key is derived from the signed material only (§4.4); a
+    V3-verified request that also carries valid V2 headers names its V2 key as equivalent, so a copy
+    stripped to its V2 headers is still a replay."""
     method = request.method.upper()
     if method not in ("GET", "POST"):
         return VerifyResult(False, REASON_METHOD)
@@ -141,11 +149,22 @@ def verify_signature(request: WebhookRequest, auth_token: str, candidates: Seque
             base = v3_base_string(method, url, params)
             expected = _b64_hmac_sha256(auth_token, f"{base}.{v3_nonce}")
             if _signature_matches(expected, offered):
-                return VerifyResult(True, "ok", v3_replay_key(base, v3_nonce))
+                v2_key = _v2_key(auth_token, candidates, v2, v2_nonce) if v2 and v2_nonce else None
+                return VerifyResult(True, "ok", v3_replay_key(base, v3_nonce), (v2_key,) if v2_key else ())
         return VerifyResult(False, REASON_V3_MISMATCH.format(url=redact_url(candidates[0])))
+    if not allow_v2:
+        return VerifyResult(False, REASON_V3_REQUIRED)
     assert v2 is not None and v2_nonce is not None
+    key = _v2_key(auth_token, candidates, v2, v2_nonce)
+    if key is None:
+        return VerifyResult(False, REASON_V2_MISMATCH.format(url=redact_url(candidates[0])))
+    return VerifyResult(True, "ok", key)
+
+
+def _v2_key(auth_token: str, candidates: Sequence[str], v2: str, v2_nonce: str) -> str | None:
+    """The V2 replay key when the V2 signature is valid for one of the URLs, else None."""
     offered = [sig for sig in (_canonical_signature(s) for s in v2.split(",")) if sig is not None]
     for url in candidates:
         if _signature_matches(v2_signature(auth_token, url, v2_nonce), offered):
-            return VerifyResult(True, "ok", v2_replay_key(url, v2_nonce))
-    return VerifyResult(False, REASON_V2_MISMATCH.format(url=redact_url(candidates[0])))
+            return v2_replay_key(url, v2_nonce)
+    return None
