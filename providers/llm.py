@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 
 import requests
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+MAX_ANSWER_BYTES = 1024 * 1024  # a spoken reply is a few hundred bytes; bound what a server can make us hold
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_SYSTEM_PROMPT = (
     "You are {name}, a helpful voice assistant on a phone call. Keep responses brief and conversational "
@@ -113,28 +115,60 @@ class ChatResponder:
         self.session = requests.Session()
 
     def reply(self, messages: list[dict[str, str]]) -> str:
-        """The raw assistant text. Raises ResponderError with a message safe to show and log."""
+        """The raw assistant text. Raises ResponderError -- with a message safe to show and log --
+        for anything but a chat completion within the timeout: connect or total time over
+        ``timeout_ms`` (a server that dribbles its answer is cut off too), any non-2xx (whatever
+        its error shape: OpenAI's object, the plain string Ollama and vLLM send, HTML), a body over
+        ``MAX_ANSWER_BYTES`` or one that is not a completion."""
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         body = {"model": self.model, "messages": messages, "stream": False}
+        deadline = time.monotonic() + self.timeout_s
+        too_slow = f"model did not answer within {int(self.timeout_s * 1000)}ms"
         try:
-            response = self.session.post(f"{self.base_url}/chat/completions", json=body, headers=headers,
-                                         timeout=self.timeout_s)
+            with self.session.post(f"{self.base_url}/chat/completions", json=body, headers=headers,
+                                   timeout=self.timeout_s, stream=True) as response:
+                raw = bytearray()
+                # read1: whatever has arrived (not a full 8 KB), so the deadline is checked as bytes come
+                while chunk := response.raw.read1(8192, decode_content=True):
+                    raw += chunk
+                    if time.monotonic() > deadline:
+                        raise ResponderError(too_slow)
+                    if len(raw) > MAX_ANSWER_BYTES:
+                        raise ResponderError(f"model answer is larger than {MAX_ANSWER_BYTES} bytes")
+                status = response.status_code
         except requests.Timeout as exc:
-            raise ResponderError(f"model did not answer within {int(self.timeout_s * 1000)}ms") from exc
+            raise ResponderError(too_slow) from exc
         except requests.RequestException as exc:
             raise ResponderError(f"model endpoint unreachable: {type(exc).__name__}") from exc
-        if response.status_code >= 400:
-            detail = ""
-            try:
-                detail = str(response.json().get("error", {}).get("message", ""))[:200]
-            except ValueError:
-                detail = ""
-            raise ResponderError(f"model endpoint answered HTTP {response.status_code} {detail}".strip())
+        document = _json_or_none(bytes(raw))
+        if not 200 <= status < 300:
+            raise ResponderError(f"model endpoint answered HTTP {status} {_error_detail(document)}".strip())
         try:
-            document = response.json()
             content = document["choices"][0]["message"].get("content")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise ResponderError("model answer is not a chat completion") from exc
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            detail = _error_detail(document)
+            raise ResponderError(f"model answer is not a chat completion {detail}".strip()) from exc
         return content if isinstance(content, str) else ""
+
+
+def _json_or_none(raw: bytes):
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _error_detail(document) -> str:
+    """What an error body says, in any of the shapes OpenAI-compatible servers use:
+    ``{"error": {"message": ...}}`` (OpenAI), ``{"error": "..."}`` (Ollama, vLLM), ``{"detail": ...}``;
+    nothing for other bodies. Cut to 200 characters, one line."""
+    if not isinstance(document, dict):
+        return ""
+    error = document.get("error", document.get("detail"))
+    if isinstance(error, dict):
+        error = error.get("message")
+    if not isinstance(error, str):
+        return ""
+    return re.sub(r"\s+", " ", error).strip()[:200]

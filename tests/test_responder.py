@@ -201,3 +201,68 @@ def test_rejected_caller_never_reaches_the_model(client, responder_config, chat)
                          "from": "+15559990000"},
                 {"id": "x2", "type": "call.speech", "callId": "mock-spam", "transcript": "hi"})
     assert Call.objects.count() == 0 and TranscriptEntry.objects.count() == 0 and chat.requests == []
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("answer", "recorded"),
+    [
+        pytest.param(ScriptedAnswer(status=503, raw_body='{"error": "model overloaded"}'),
+                     "HTTP 503 model overloaded", id="string-error-ollama-vllm"),
+        pytest.param(ScriptedAnswer(status=500, raw_body='{"error": {"message": "boom"}}'), "HTTP 500 boom",
+                     id="openai-error-object"),
+        pytest.param(ScriptedAnswer(status=502, raw_body="<html>Bad Gateway</html>"), "HTTP 502", id="html-5xx"),
+        pytest.param(ScriptedAnswer(status=200, raw_body='{"error": "model overloaded"}'),
+                     "not a chat completion model overloaded", id="error-in-a-200"),
+        pytest.param(ScriptedAnswer(status=200, raw_body='["not", "an", "object"]'), "not a chat completion",
+                     id="json-array"),
+        pytest.param(ScriptedAnswer(content='{"spoken": "far too slow"}', dribble_s=0.01),
+                     "did not answer within 1500ms", id="dribbled-past-the-timeout"),
+    ],
+)
+def test_any_bad_model_answer_speaks_the_fallback_and_keeps_the_call(client, responder_config, chat, answer,
+                                                                     recorded):
+    responder_config()
+    chat.answers = [answer]
+    call = inbound_call(client)
+    caller_says(client, call, "Hello?", "bad-1")
+    call.refresh_from_db()
+    assert call.transcript.order_by("-id").first().text == "Sorry, say that again?"
+    assert call.state == "listening" and not call.is_terminal
+    assert recorded in call.metadata["lastResponderError"]
+    assert call.metadata["replyLatencies"][-1]["fallback"] is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_redelivered_reply_task_is_not_spoken_twice(client, responder_config, chat):
+    """acks-late redelivers a task whose worker died: the caller must not hear the reply twice."""
+    responder_config()
+    chat.answers = [ScriptedAnswer(content='{"spoken": "Once only."}'),
+                    ScriptedAnswer(content='{"spoken": "Twice?"}')]
+    call = inbound_call(client)
+    caller_says(client, call, "Book it", "r1")
+    user_line = call.transcript.get(speaker="user")
+    assert services.generate_reply(str(call.id), user_line.id) is None  # the redelivery
+    bot = list(call.transcript.filter(speaker="bot").values_list("text", flat=True))
+    assert bot == ["Hello! How can I help you today?", "Once only."]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reply_latency_is_stored_on_the_line_the_reply_spoke(client, responder_config, chat, monkeypatch):
+    """Another line spoken right after the reply (an operator's speak) keeps no reply latency."""
+    from calls.services import responder, turns
+
+    responder_config()
+    chat.answers = [ScriptedAnswer(content='{"spoken": "The reply."}')]
+    call = inbound_call(client)
+
+    def speak_then_operator_speaks(call_, text, **kwargs):
+        entry_id = turns.speak_now(call_, text, **kwargs)
+        services.speak(str(call_.id), "An operator line.")
+        return entry_id
+
+    monkeypatch.setattr(responder, "speak_now", speak_then_operator_speaks)
+    caller_says(client, call, "Hi", "l1")
+    lines = dict(call.transcript.filter(speaker="bot").values_list("text", "latency_ms"))
+    assert isinstance(lines["The reply."], int)
+    assert lines["An operator line."] is None

@@ -341,7 +341,7 @@ def send_stream_command(call_id: str, message: dict[str, Any], *, timeout: float
     return CommandResult(id=message_id, ack=ack, timeout=timeout or ACK_TIMEOUT_S)
 
 
-def speak_via_stream(call: Call, text: str, *, listen_after: bool, turn_token: str | None) -> None:
+def speak_via_stream(call: Call, text: str, *, listen_after: bool, turn_token: str | None) -> int | None:
     """The stream port's ``speak``: record the utterance, hand it to the consumer holding the socket
     (TTS over the stream), and require its acknowledgement.
 
@@ -355,13 +355,14 @@ def speak_via_stream(call: Call, text: str, *, listen_after: bool, turn_token: s
         {"type": "stream.speak", "text": text, "entry_id": utterance.entry_id, "initial": utterance.initial},
     )
     if result.deferred:
-        return
+        return utterance.entry_id
     error = None
     if result.ack is None:
         error = STREAM_NOT_ACKNOWLEDGED.format(what="speech", seconds=result.timeout, id=result.id)
     elif not result.ok:
         error = STREAM_COMMAND_FAILED.format(what="speech", error=result.ack.get("error") or "unknown error")
     turns.settle_stream_utterance(call_id, utterance.entry_id, error=error, listen_after=listen_after)
+    return utterance.entry_id
 
 
 def ping_stream(call_id: str, *, timeout: float | None = None) -> float | None:

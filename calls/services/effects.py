@@ -74,8 +74,9 @@ class StreamPort(Protocol):
 
     def has_live_stream(self, call_id: str) -> bool: ...
 
-    def speak(self, call: Any, text: str, *, listen_after: bool, turn_token: str | None) -> None:
-        """Speak on the call's live stream (records the utterance); ``ServiceError`` when refused."""
+    def speak(self, call: Any, text: str, *, listen_after: bool, turn_token: str | None) -> int | None:
+        """Speak on the call's live stream; records the utterance and returns its transcript line id.
+        ``ServiceError`` when refused."""
 
     def stream_token(self, provider: Any, call: Any) -> str | None:
         """The token a webhook reply's stream must present, or None when this call gets no stream."""
@@ -89,7 +90,7 @@ class NoStreams:
     def has_live_stream(self, call_id: str) -> bool:
         return False
 
-    def speak(self, call: Any, text: str, *, listen_after: bool, turn_token: str | None) -> None:
+    def speak(self, call: Any, text: str, *, listen_after: bool, turn_token: str | None) -> int | None:
         raise NoHandler("no media layer registered to speak on a stream")
 
     def stream_token(self, provider: Any, call: Any) -> str | None:

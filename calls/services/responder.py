@@ -58,6 +58,21 @@ def _newest_user_entry_id(call_id: str) -> int | None:
     )
 
 
+REPLIED_TO_KEY = "autoReplyTo"  # call metadata: the newest caller line a reply was spoken for
+
+
+def _claim_reply(call_id: str, user_entry_id: int) -> bool:
+    """Claim the right to speak the reply to ``user_entry_id``, once: a redelivered task (acks-late
+    after a worker died) finds the claim and stays silent, so the caller never hears a reply twice."""
+    with transaction.atomic():
+        locked = Call.objects.select_for_update().get(id=call_id)
+        if locked.is_terminal or int((locked.metadata or {}).get(REPLIED_TO_KEY) or 0) >= user_entry_id:
+            return False
+        locked.metadata = {**(locked.metadata or {}), REPLIED_TO_KEY: user_entry_id}
+        locked.save(update_fields=["metadata", "updated_at"])
+    return True
+
+
 def generate_reply(call_id: str, user_entry_id: int) -> str | None:
     """Answer one caller utterance with the model and speak it; returns what was spoken.
 
@@ -89,6 +104,10 @@ def generate_reply(call_id: str, user_entry_id: int) -> str | None:
     except ResponderError as exc:
         error = str(exc)
         spoken = config.responder.fallback_message
+    except Exception as exc:  # a client or library bug must cost the caller one fallback, not the call
+        logger.exception("auto-responder for call %s failed unexpectedly", call_id)
+        error = f"responder failed: {type(exc).__name__}"
+        spoken = config.responder.fallback_message
     llm_ms = int((time.monotonic() - started) * 1000)
     if _newest_user_entry_id(call_id) != user_entry_id:
         logger.info("reply for call %s dropped: the caller spoke again", call_id)
@@ -102,17 +121,16 @@ def generate_reply(call_id: str, user_entry_id: int) -> str | None:
         logger.warning("auto-responder for call %s failed: %s", call_id, error)
     if not spoken:
         return None
-    call.refresh_from_db()
-    if call.is_terminal:
+    if not _claim_reply(call_id, user_entry_id):
+        logger.info("reply for call %s to line %s already spoken (task redelivered)", call_id, user_entry_id)
         return None
-    speak_now(call, spoken, listen_after=True, turn_token=None)
+    call.refresh_from_db()
+    spoken_entry_id = speak_now(call, spoken, listen_after=True, turn_token=None)
     total_ms = int((timezone.now() - entry.timestamp).total_seconds() * 1000)
     with transaction.atomic():
         locked = Call.objects.select_for_update().get(id=call.id)
-        bot_entry = locked.transcript.filter(speaker=Speaker.BOT).order_by("-id").first()
-        if bot_entry is not None:
-            bot_entry.latency_ms = total_ms
-            bot_entry.save(update_fields=["latency_ms"])
+        if spoken_entry_id is not None:
+            TranscriptEntry.objects.filter(id=spoken_entry_id, call_id=call.id).update(latency_ms=total_ms)
         metadata = dict(locked.metadata or {})
         replies = metadata.get("replyLatencies", [])[-49:]
         replies.append({"llmMs": llm_ms, "totalMs": total_ms, "fallback": bool(error)})

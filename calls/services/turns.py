@@ -51,8 +51,9 @@ from providers.base import (
 
 logger = logging.getLogger(__name__)
 
-def speak_now(call: Call, text: str, *, listen_after: bool, turn_token: str | None) -> None:
-    """Hand text to the carrier and record it. Raises ServiceError if the carrier refused."""
+def speak_now(call: Call, text: str, *, listen_after: bool, turn_token: str | None) -> int | None:
+    """Hand text to the carrier and record it; returns the transcript line it wrote. Raises
+    ServiceError if the carrier (or the live stream) refused."""
     config = get_config()
     provider = carrier(config)
     # A call whose media stream is live speaks through the consumer holding the socket (TTS over the
@@ -60,8 +61,7 @@ def speak_now(call: Call, text: str, *, listen_after: bool, turn_token: str | No
     if config.streaming.enabled:
         stream = stream_port()
         if stream.has_live_stream(str(call.id)):
-            stream.speak(call, text, listen_after=listen_after, turn_token=turn_token)
-            return
+            return stream.speak(call, text, listen_after=listen_after, turn_token=turn_token)
     with transaction.atomic():
         locked = Call.objects.select_for_update().get(id=call.id)
         if locked.is_terminal:
@@ -79,11 +79,12 @@ def speak_now(call: Call, text: str, *, listen_after: bool, turn_token: str | No
         raise ServiceError(str(exc)) from exc
     with transaction.atomic():
         locked = Call.objects.select_for_update().get(id=call.id)
-        TranscriptEntry.objects.create(call=locked, speaker=Speaker.BOT, text=text, turn_token=turn_token or "")
+        entry = TranscriptEntry.objects.create(call=locked, speaker=Speaker.BOT, text=text, turn_token=turn_token or "")
         if listen_after:
             transition(locked, CallState.LISTENING.value)
             locked.save()
     publish_call_update(str(call.id))
+    return entry.id
 
 
 def connected_call(call_id: str, *, timeout_ms: int | None = None) -> Call:

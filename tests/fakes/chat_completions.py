@@ -22,6 +22,7 @@ class ScriptedAnswer:
     delay_s: float = 0.0
     status: int = 200
     raw_body: str | None = None  # sent verbatim instead of a completion
+    dribble_s: float = 0.0  # pause between the body's bytes: slow overall, never silent long
 
 
 @dataclass
@@ -59,10 +60,10 @@ class FakeChatCompletions:
                 if answer.delay_s:
                     time.sleep(answer.delay_s)
                 if answer.raw_body is not None:
-                    return self._send_raw(answer.status, answer.raw_body)
+                    return self._send_raw(answer.status, answer.raw_body, answer.dribble_s)
                 if answer.status >= 400:
                     return self._send(answer.status, {"error": {"message": "model overloaded", "type": "server_error"}})
-                return self._send(200, {
+                return self._send(200, dribble_s=answer.dribble_s, document={
                     "id": f"chatcmpl-{len(fake.requests)}", "object": "chat.completion", "created": int(time.time()),
                     "model": request.get("model"),
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.content,
@@ -70,17 +71,22 @@ class FakeChatCompletions:
                     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
                 })
 
-            def _send(self, status: int, document: dict) -> None:
-                self._send_raw(status, json.dumps(document))
+            def _send(self, status: int, document: dict, dribble_s: float = 0.0) -> None:
+                self._send_raw(status, json.dumps(document), dribble_s)
 
-            def _send_raw(self, status: int, text: str) -> None:
+            def _send_raw(self, status: int, text: str, dribble_s: float = 0.0) -> None:
                 data = text.encode()
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    if not dribble_s:
+                        self.wfile.write(data)
+                    for index in range(len(data) if dribble_s else 0):
+                        self.wfile.write(data[index:index + 1])
+                        self.wfile.flush()
+                        time.sleep(dribble_s)
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
                     pass
 
