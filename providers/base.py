@@ -149,12 +149,42 @@ class ParsedWebhook:
 
 
 class ProviderError(Exception):
-    """A carrier REST call failed. ``retryable`` marks 5xx/timeouts that Celery may retry."""
+    """A carrier REST call failed. ``retryable``: nothing happened at the carrier (5xx, 429, a
+    connection that never opened) and Celery may try again. ``ambiguous``: the request may have
+    reached the carrier and been carried out (a reply lost to a read timeout or a dropped
+    connection); a request that creates something (a dial) must then never be repeated."""
 
-    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None):
+    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None,
+                 ambiguous: bool = False):
         super().__init__(message)
-        self.retryable = retryable
+        self.retryable = retryable and not ambiguous
         self.status = status
+        self.ambiguous = ambiguous
+
+
+def request_may_have_arrived(exc: BaseException) -> bool:
+    """Whether a failed HTTP request may still have been received and acted on by the server.
+
+    Only a failure to open the connection (refused, DNS, connect timeout) proves it was not; a read
+    timeout or a connection dropped after the request was written leaves it unknown.
+    """
+    import requests
+    from urllib3.exceptions import NameResolutionError, NewConnectionError
+
+    if isinstance(exc, requests.ConnectTimeout):
+        return False
+    if isinstance(exc, requests.Timeout):
+        return True
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, NewConnectionError | NameResolutionError | ConnectionRefusedError):
+            return False
+        reason = getattr(current, "reason", None)
+        nested = current.args[0] if current.args and isinstance(current.args[0], BaseException) else None
+        current = reason if isinstance(reason, BaseException) else nested or current.__cause__ or current.__context__
+    return isinstance(exc, requests.ConnectionError | OSError)
 
 
 class WebhookParseError(ValueError):

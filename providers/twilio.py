@@ -60,6 +60,7 @@ from providers.base import (
     VerifyResult,
     WebhookParseError,
     WebhookReply,
+    request_may_have_arrived,
 )
 from providers.security import (
     ForwardingTrust,
@@ -277,13 +278,15 @@ class TwilioProvider(Provider):
         elif isinstance(exc, TwilioServiceException):
             message = f"Twilio {action} failed: HTTP {exc.status} (code {exc.code}): {exc.title}"
             status = exc.status
-        elif isinstance(exc, requests.Timeout):
-            # A read timeout on create is ambiguous (Twilio may have dialed): never retried, so a
-            # retry cannot place a second real call. A connect timeout sent nothing.
-            retry = not (ambiguous_timeout and not isinstance(exc, requests.ConnectTimeout))
-            return ProviderError(f"Twilio {action} failed: {type(exc).__name__}", retryable=retry)
-        elif isinstance(exc, requests.ConnectionError):
-            return ProviderError(f"Twilio {action} failed: API unreachable ({type(exc).__name__})", retryable=True)
+        elif isinstance(exc, requests.RequestException):
+            # On create, a read timeout or a connection dropped after the request went out is
+            # ambiguous (Twilio may have dialed): never retried, so a retry cannot place a second
+            # real call. A connection that never opened sent nothing and may be retried.
+            ambiguous = ambiguous_timeout and request_may_have_arrived(exc)
+            what = type(exc).__name__ if isinstance(exc, requests.Timeout) else f"API unreachable ({type(exc).__name__})"
+            if ambiguous:
+                what += " after the request was sent (it may have been carried out)"
+            return ProviderError(f"Twilio {action} failed: {what}", retryable=True, ambiguous=ambiguous)
         else:
             message, status = f"Twilio {action} failed: {type(exc).__name__}", None
         token = self.settings.twilio.auth_token

@@ -277,6 +277,14 @@ class TestReaper:
         queued.refresh_from_db()
         assert queued.state == "failed" and queued.provider_call_id is None
 
+    def test_a_dial_the_carrier_never_confirmed_is_failed_not_redialed(self, configure):
+        configure(staleCallReaperSeconds=60)
+        lost = CallFactory(state="initiated", metadata={"dialClaimedAt": 1, "dialUnconfirmedAt": 2})
+        Call.objects.filter(id=lost.id).update(started_at=timezone.now() - timedelta(seconds=120))
+        assert services.reap_stale_calls()["stale"] == 1
+        lost.refresh_from_db()
+        assert lost.state == "failed" and "never confirmed the dial" in lost.last_error
+
     def test_queued_placement_past_its_deadline_is_failed_before_the_stale_threshold(self, configure):
         configure(staleCallReaperSeconds=600, outbound={"placementTimeoutSeconds": 30})
         late = CallFactory(state="initiated")

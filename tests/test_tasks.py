@@ -101,3 +101,23 @@ def test_a_placement_within_its_deadline_is_dialed(monkeypatch, configure):
     Call.objects.filter(id=call.id).update(started_at=timezone.now() - timedelta(seconds=50))
     tasks.place_call.apply(args=(str(call.id),))
     assert Call.objects.get(id=call.id).provider_call_id == "mock-in-time"
+
+
+def test_an_ambiguous_dial_failure_is_never_retried_and_waits_for_callbacks(monkeypatch):
+    """A lost reply may mean the carrier dialed: a retry could ring the callee twice."""
+    attempts = []
+
+    def lost_reply(self, request):
+        attempts.append(1)
+        raise ProviderError("read timed out after the request was sent", retryable=True, ambiguous=True)
+
+    monkeypatch.setattr(MockProvider, "initiate_call", lost_reply)
+    call = CallFactory()
+    tasks.place_call.apply(args=(str(call.id),))
+    call.refresh_from_db()
+    assert attempts == [1]
+    assert call.state == "initiated" and call.provider_call_id is None
+    assert call.metadata["dialClaimedAt"] and call.metadata["dialUnconfirmedAt"]
+    assert "did not confirm the dial" in call.last_error
+    tasks.place_call.apply(args=(str(call.id),))  # a redelivered task does not dial either
+    assert attempts == [1] and Call.objects.get(id=call.id).state == "initiated"

@@ -35,6 +35,7 @@ from calls.services.call_updates import publish_call_update
 from calls.services.effects import Effect, after_commit, stream_port
 from calls.services.records import (
     DEFAULT_INBOUND_GREETING,
+    DIAL_UNCONFIRMED_KEY,
     END_REQUESTED_KEY,
     finalize,
     snapshot,
@@ -212,7 +213,14 @@ def apply_event(provider: Provider, event: NormalizedEvent) -> EventOutcome:
     ):
         stray_leg = call.is_terminal and not call.provider_call_id and event.type not in LEG_GONE_EVENTS
         call.provider_call_id = event.provider_call_id
-        call.save(update_fields=["provider_call_id", "updated_at"])
+        update = ["provider_call_id", "updated_at"]
+        if (call.metadata or {}).get(DIAL_UNCONFIRMED_KEY) and not call.is_terminal:
+            # The dial whose reply was lost did ring: its callback bound the leg to this record.
+            call.metadata = {k: v for k, v in call.metadata.items() if k != DIAL_UNCONFIRMED_KEY}
+            call.metadata["dialConfirmedBy"] = "callback"
+            call.last_error = ""
+            update += ["metadata", "last_error"]
+        call.save(update_fields=update)
         if stray_leg:
             # We ended this call before we ever learned its carrier id (a dial whose worker died was
             # failed, not redialed; placement retries ran out after a timeout), yet the carrier placed

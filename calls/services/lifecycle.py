@@ -24,6 +24,8 @@ from calls.services.call_updates import publish_call_update
 from calls.services.effects import Effect, after_commit, stream_port
 from calls.services.records import (
     CALL_NOT_CONNECTED,
+    DIAL_UNCONFIRMED,
+    DIAL_UNCONFIRMED_KEY,
     E164,
     END_REQUESTED_KEY,
     FROM_NOT_CONFIGURED,
@@ -113,6 +115,8 @@ def place_call(call_id: str) -> str:
             return "missing"
         if call.provider_call_id or call.is_terminal:
             return "already-placed" if call.provider_call_id else "ended"
+        if call.metadata.get(DIAL_UNCONFIRMED_KEY):
+            return "unconfirmed"  # already waiting for the carrier's callbacks; never redialed
         if call.metadata.get("dialClaimedAt"):
             finalize(call, CallState.FAILED.value, error=PLACEMENT_INTERRUPTED)
             return "interrupted"
@@ -139,6 +143,22 @@ def place_call(call_id: str) -> str:
     try:
         placed = provider.initiate_call(request)
     except ProviderError as exc:
+        if exc.ambiguous:
+            # The carrier may have dialed (its reply was lost): dialing again could ring the callee
+            # twice. The claim stays, so nothing redials; the carrier's callbacks carry our call id
+            # and bind its leg to this record (ingest), and the reaper ends the call if none come.
+            with transaction.atomic():
+                locked = Call.objects.select_for_update().get(id=call.id)
+                if locked.provider_call_id:  # a callback beat the timeout and bound the leg already
+                    locked.metadata = {**locked.metadata, "dialConfirmedBy": "callback"}
+                    locked.save(update_fields=["metadata", "updated_at"])
+                    return "placed"
+                locked.metadata = {**locked.metadata, DIAL_UNCONFIRMED_KEY: epoch_ms(timezone.now())}
+                locked.last_error = DIAL_UNCONFIRMED.format(error=exc)[:2000]
+                locked.save(update_fields=["metadata", "last_error", "updated_at"])
+            logger.warning("call %s: dial not confirmed by the carrier (%s); waiting for its callbacks", call.id, exc)
+            publish_call_update(str(call.id))
+            return "unconfirmed"
         if exc.retryable:
             # The carrier said no (or never answered): nothing was dialed, so a retry may dial.
             with transaction.atomic():

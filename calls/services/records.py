@@ -44,6 +44,9 @@ INVALID_DIGITS = "digits may only contain digits, *, #, comma, w, p"
 DIGITS_REQUIRED = "digits required"
 MAX_SPOKEN_TEXT_CHARS = 4000  # one utterance; longer text is refused, not truncated or buffered
 TEXT_TOO_LONG = "message is longer than {limit} characters"
+DIAL_UNCONFIRMED = "the carrier did not confirm the dial ({error}); not redialed, waiting for its callbacks"
+DIAL_UNCONFIRMED_KEY = "dialUnconfirmedAt"  # metadata: a dial whose reply was lost
+DIAL_NEVER_CONFIRMED = "the carrier never confirmed the dial within staleCallReaperSeconds; not redialed"
 PLACEMENT_EXPIRED = (
     "not dialed within outbound.placementTimeoutSeconds ({seconds} s) of being requested; never dialed"
 )

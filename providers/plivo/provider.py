@@ -29,6 +29,7 @@ from providers.base import (
     VerifyResult,
     WebhookParseError,
     WebhookReply,
+    request_may_have_arrived,
 )
 from providers.plivo.signatures import (
     V2_NONCE_HEADER,
@@ -376,16 +377,21 @@ class PlivoProvider(Provider):
 
     # --- REST ---------------------------------------------------------------------------------------
     def _request(self, operation: str, method: str, path: str, *, json_body: dict[str, Any] | None = None,
-                 params: dict[str, str] | None = None, allow_not_found: bool = False) -> dict[str, Any] | None:
+                 params: dict[str, str] | None = None, allow_not_found: bool = False,
+                 creates: bool = False) -> dict[str, Any] | None:
         """One REST call. 5xx, 429, timeouts and connection errors are retryable ``ProviderError``s;
-        404 is ``None`` when ``allow_not_found``. Messages never carry the token or the URL."""
+        404 is ``None`` when ``allow_not_found``. For a request that ``creates`` something (make
+        call), a timeout or dropped connection after the request went out is ``ambiguous``, never
+        retryable: Plivo may have dialed. Messages never carry the token or the URL."""
         try:
             response = self._http.request(method, self._api_base + path, json=json_body, params=params,
                                           timeout=REQUEST_TIMEOUT)
-        except requests.Timeout as exc:
-            raise ProviderError(f"Plivo {operation} failed: request timed out", retryable=True) from exc
         except requests.RequestException as exc:
-            raise ProviderError(f"Plivo {operation} failed: API unreachable", retryable=True) from exc
+            ambiguous = creates and request_may_have_arrived(exc)
+            what = "request timed out" if isinstance(exc, requests.Timeout) else "API unreachable"
+            if ambiguous:
+                what += " after the request was sent (it may have been carried out)"
+            raise ProviderError(f"Plivo {operation} failed: {what}", retryable=True, ambiguous=ambiguous) from exc
         if response.status_code == 404 and allow_not_found:
             return None
         if response.status_code >= 400:
@@ -429,7 +435,7 @@ class PlivoProvider(Provider):
             "ring_timeout": request.ring_timeout_seconds,
             "time_limit": self.settings.max_duration_seconds + TIME_LIMIT_MARGIN_SECONDS,
         }
-        document = self._request("make call", "POST", "/Call/", json_body=body) or {}
+        document = self._request("make call", "POST", "/Call/", json_body=body, creates=True) or {}
         request_uuid = document.get("request_uuid")
         if isinstance(request_uuid, list):
             request_uuid = request_uuid[0] if request_uuid else None

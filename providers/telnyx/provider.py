@@ -27,6 +27,7 @@ from providers.base import (
     VerifyResult,
     WebhookParseError,
     WebhookReply,
+    request_may_have_arrived,
 )
 from providers.settings import configured_voice
 from providers.telnyx.signatures import (
@@ -196,7 +197,7 @@ class TelnyxProvider(Provider):
             "timeout_secs": request.ring_timeout_seconds,
             "command_id": self._command_id("dial", request.call_id),
         }
-        data = self._request("POST", "/calls", body)
+        data = self._request("POST", "/calls", body, creates=True)
         call_control_id = data.get("call_control_id") if isinstance(data, dict) else None
         if not isinstance(call_control_id, str) or not call_control_id:
             raise ProviderError("Telnyx dial response had no call_control_id")
@@ -323,10 +324,14 @@ class TelnyxProvider(Provider):
         *,
         tolerate_not_found: bool = False,
         tolerate_ended: bool = False,
+        creates: bool = False,
     ) -> dict[str, Any] | None:
         """One REST call; returns ``data`` (None for a tolerated 404/ended). Timeouts, connection
         errors and 5xx are retried once (same body, so the same command_id) and then raised as
-        retryable ``ProviderError``s; other errors are not retryable. Messages never carry the key."""
+        retryable ``ProviderError``s; other errors are not retryable. A request that ``creates``
+        something (the dial) is never re-sent after it may have arrived (a read timeout, a connection
+        dropped after sending): Telnyx may have dialed, so that is an ``ambiguous`` error at once.
+        Messages never carry the key."""
         if not self._api_key:
             raise ProviderError("telnyx.apiKey is not configured")
         url = self.api_base + path
@@ -340,13 +345,15 @@ class TelnyxProvider(Provider):
                     headers={"Authorization": f"Bearer {self._api_key}"},
                     timeout=REQUEST_TIMEOUT,
                 )
-            except requests.Timeout:
-                last_error = ProviderError(f"Telnyx API timeout: {method} {path}", retryable=True)
-                continue
             except requests.RequestException as exc:
-                last_error = ProviderError(
-                    f"Telnyx API unreachable: {method} {path} ({type(exc).__name__})", retryable=True
-                )
+                if isinstance(exc, requests.Timeout):
+                    message = f"Telnyx API timeout: {method} {path}"
+                else:
+                    message = f"Telnyx API unreachable: {method} {path} ({type(exc).__name__})"
+                if creates and request_may_have_arrived(exc):
+                    raise ProviderError(message + " after the request was sent (it may have been carried out)",
+                                        ambiguous=True) from exc
+                last_error = ProviderError(message, retryable=True)
                 continue
             status = response.status_code
             if 200 <= status < 300:

@@ -49,6 +49,8 @@ from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
 import requests
 from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
 
+from tests.fakes.faults import CreateFaults
+
 DEFAULT_AUTH_ID = "MAFAKEPLIVO000000001"  # 20 chars starting with MA, like a real auth id
 DEFAULT_AUTH_TOKEN = "ZmFrZS1wbGl2by1hdXRoLXRva2VuLTAx"
 
@@ -58,6 +60,9 @@ UNANSWERED_CAUSES = {"busy": "USER_BUSY", "no-answer": "NO_ANSWER", "failed": "C
 # CallStatus at the end → CDR call_state.
 CDR_STATES = {"completed": "ANSWER", "busy": "BUSY", "no-answer": "NO_ANSWER", "failed": "FAILED",
               "timeout": "NO_ANSWER", "cancel": "CANCEL"}
+
+
+NO_REPLY: dict = {}  # handle() answer meaning "close the connection without a reply"
 
 
 @dataclass
@@ -123,6 +128,7 @@ class FakePlivo:
         # "answer" (ring, then answer), "ring" (ring and stay ringing), "queue" (never dialled),
         # or an unanswered CallStatus ("busy", "no-answer", "failed") ending the call at once.
         self.outbound_behaviour = "answer"
+        self.create_faults = CreateFaults()  # injected faults of POST /Call/ (tests/fakes/faults.py)
         self.answer_before_responding = False  # run the answer callback before the 201 (a race)
         self.park_after_seconds = 30
         self.rest: list[RestRequest] = []
@@ -393,6 +399,7 @@ class FakePlivo:
 
     # --- REST behaviour -------------------------------------------------------------------------
     def handle(self, method: str, raw_path: str, headers: dict[str, str], body: dict[str, Any]) -> tuple[int, dict | None]:
+        fault = None
         split = urlsplit(raw_path)
         query = {k: v[0] for k, v in parse_qs(split.query).items()}
         parts = [unquote(p) for p in split.path.split("/")]
@@ -416,6 +423,9 @@ class FakePlivo:
                 status, response = 401, {"api_id": str(uuid.uuid4()), "error": "Authentication failed"}
             elif kind == "unknown":
                 status, response = 404, {"api_id": str(uuid.uuid4()), "error": "not found"}
+            elif kind == "make_call" and CreateFaults.error_status(fault := self.create_faults.next()):
+                status = CreateFaults.error_status(fault)
+                response = {"api_id": str(uuid.uuid4()), "error": "injected fault"}
             elif self._failures.get(kind):
                 status, response = self._failures[kind].popleft()
             else:
@@ -427,6 +437,8 @@ class FakePlivo:
                     finally:
                         self._lock.acquire()
             recorded.status = status
+        if kind == "make_call" and self.create_faults.withhold_reply(fault):
+            return status, NO_REPLY
         return status, response
 
     def _authorized(self, headers: dict[str, str]) -> bool:
@@ -535,6 +547,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, response = self.owner.handle(method, self.path, headers, body)
+        if response is NO_REPLY:  # an injected lost reply: close without answering
+            self.close_connection = True
+            return
         payload = b"" if response is None else json.dumps(response).encode()
         self.send_response(status)
         if payload:

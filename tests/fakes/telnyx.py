@@ -47,6 +47,7 @@ from urllib.parse import unquote, urlsplit
 import requests
 from nacl.signing import SigningKey
 
+from tests.fakes.faults import CreateFaults
 from tests.fakes.polling import wait_until
 
 DEFAULT_API_KEY = "KEY0123FAKEtelnyxSECRET"
@@ -126,6 +127,7 @@ class FakeTelnyx:
         self.dial_gate.set()
         self.dial_received = threading.Event()
         self.dial_gate_timeout = 60.0
+        self.create_faults = CreateFaults()  # injected faults of POST /v2/calls (tests/fakes/faults.py)
         self.commands: list[RecordedCommand] = []
         self.deliveries: list[Delivery] = []
         self.calls: dict[str, FakeCall] = {}
@@ -343,12 +345,21 @@ class FakeTelnyx:
         command = RecordedCommand(method, path, action, ccid, body)
         with self._lock:
             self.commands.append(command)
+        fault = None
         if action == "dial":
             self.dial_received.set()
             self.dial_gate.wait(self.dial_gate_timeout)  # outside the lock: other requests go on
+            fault = self.create_faults.next()
+            error_status = CreateFaults.error_status(fault)
+            if error_status is not None:
+                command.status = error_status
+                return error_status, {"errors": [{"code": "10011" if error_status == 503 else "10429",
+                                                  "title": "injected fault", "detail": "injected fault"}]}
         with self._lock:
             status, response = self._dispatch(action, ccid, headers, body)
             command.status = status
+        if self.create_faults.withhold_reply(fault):
+            return status, None  # the call was dialed; the client never hears so
         return status, response
 
     def _dispatch(self, action: str, ccid: str | None, headers: dict[str, str], body: dict) -> tuple[int, dict]:
@@ -457,6 +468,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, response = self.owner.handle(method, self.path, headers, body)
+        if response is None:  # an injected lost reply: close without answering
+            self.close_connection = True
+            return
         payload = json.dumps(response).encode()
         try:
             self.send_response(status)

@@ -45,6 +45,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 
+from tests.fakes.faults import CreateFaults
 from tests.fakes.polling import wait_until
 from tests.fakes.twilio_records import Callee, Delivery, FakeCall, RestRequest
 
@@ -95,6 +96,7 @@ class FakeTwilio:
         self.deliveries: list[Delivery] = []
         self.calls: dict[str, FakeCall] = {}
         self.update_failures: deque[tuple[int, dict[str, Any]]] = deque()  # injected REST errors
+        self.create_faults = CreateFaults()  # injected faults of POST Calls.json (tests/fakes/faults.py)
         self.errors: list[str] = []
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -278,8 +280,20 @@ class FakeTwilio:
         record = RestRequest(method=method, path=path, form=form)
         with self._lock:
             self.rest_requests.append(record)
-        status, payload = self._route(handler, method, path, record)
+        creating = method == "POST" and path.endswith("/Calls.json")
+        fault = self.create_faults.next() if creating else None
+        error_status = CreateFaults.error_status(fault)
+        if error_status is not None:
+            status, payload = error_status, {"code": 20500 if error_status == 503 else 20429,
+                                             "message": "injected fault", "status": error_status}
+        else:
+            status, payload = self._route(handler, method, path, record)
         record.status = status
+        if creating and status == 201 and fault:
+            self._spawn(self._drive_outbound, self.calls[payload["sid"]])
+            if self.create_faults.withhold_reply(fault):
+                handler.close_connection = True  # the call exists; its creator never hears so
+                return
         body = json.dumps(payload).encode()
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
