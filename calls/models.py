@@ -220,3 +220,24 @@ class ContinueOperation(models.Model):
 
     def __str__(self) -> str:
         return f"continue {self.call_ref} ({self.status})"
+
+
+class PendingEffect(models.Model):
+    """The transactional outbox (``calls.services.effects``): a side effect a service decided on,
+    written in the same transaction as the decision, dispatched after commit and re-dispatched by
+    beat while ``dispatched_at`` is empty (the broker was down at commit), so no decided dial,
+    hang-up, greeting or reply is lost with a broker outage."""
+
+    effect = models.CharField(max_length=64)
+    args = models.JSONField(default=list)
+    delay_seconds = models.FloatField(null=True, blank=True)  # countdown from created_at
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.effect}{tuple(self.args)} ({'dispatched' if self.dispatched_at else 'pending'})"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from kombu.exceptions import OperationalError
 
 from calls import services
 from calls.services import effects
@@ -84,6 +85,12 @@ def reap_stale_calls() -> dict:
 
 
 @shared_task
+def dispatch_pending_effects() -> int:
+    """Re-send the outbox rows whose dispatch failed (broker down at commit); beat runs it."""
+    return effects.dispatch_pending()
+
+
+@shared_task
 def generate_reply(call_id: str, user_entry_id: int) -> None:
     try:
         services.generate_reply(call_id, user_entry_id)
@@ -93,10 +100,14 @@ def generate_reply(call_id: str, user_entry_id: int) -> None:
 
 def _queue(task) -> effects.Handler:
     def handler(args: tuple, delay: float | None) -> None:
-        if delay:
-            task.apply_async(args, countdown=delay)
-        else:
-            task.delay(*args)
+        try:
+            if delay:
+                task.apply_async(args, countdown=delay)
+            else:
+                task.delay(*args)
+        except (OperationalError, ConnectionError, OSError) as exc:
+            # The broker is unreachable (kombu retried already): the outbox row stays pending.
+            raise effects.DispatchFailed(str(exc)) from exc
 
     return handler
 

@@ -9,6 +9,13 @@ closes live media streams. So no domain module imports tasks or media code, and 
 deployment can register other handlers.
 
 An effect without a registered handler is an error, not a silent drop (``NoHandler``).
+
+The port is a transactional outbox: ``after_commit`` writes a ``PendingEffect`` row in the caller's
+transaction and dispatches it once that commits. A dispatch that fails (the broker is down) leaves
+the row pending -- the request that decided it still succeeds -- and ``dispatch_pending`` (a beat
+task every ``REDISPATCH_EVERY_SECONDS``) sends it again once the broker is back, with what is left of
+its countdown. Handlers are idempotent (a dial claim, a greeting claim, a reply claim), so the rare
+second dispatch -- dispatched, but the mark did not commit -- changes nothing.
 """
 
 from __future__ import annotations
@@ -16,11 +23,22 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, Protocol
 
 from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from calls.models import PendingEffect
 
 logger = logging.getLogger(__name__)
+
+#: An undispatched row younger than this may still be on its way (its on-commit hook runs now).
+REDISPATCH_AFTER_SECONDS = 5.0
+#: How often beat runs ``dispatch_pending`` (voicecall_site/settings.py schedules it).
+REDISPATCH_EVERY_SECONDS = 10.0
+DISPATCHED_RETENTION = timedelta(days=1)
 
 
 class Effect(enum.StrEnum):
@@ -45,12 +63,17 @@ class NoHandler(RuntimeError):
     """An effect was recorded but nothing registered to carry it out (a wiring bug)."""
 
 
+class DispatchFailed(Exception):
+    """A handler could not hand the effect on (the broker is unreachable); the outbox keeps it."""
+
+
 def register(effect: Effect, handler: Handler) -> None:
     _handlers[Effect(effect)] = handler
 
 
 def dispatch(effect: Effect, *args: Any, delay: float | None = None) -> None:
-    """Carry ``effect`` out now (outside a transaction, or from an on-commit hook)."""
+    """Hand ``effect`` to its handler now, without an outbox row (callers outside any transaction
+    that may simply fail loudly, such as a Celery task scheduling its own follow-up)."""
     handler = _handlers.get(Effect(effect))
     if handler is None:
         raise NoHandler(f"no handler registered for effect {effect}")
@@ -58,9 +81,55 @@ def dispatch(effect: Effect, *args: Any, delay: float | None = None) -> None:
 
 
 def after_commit(effect: Effect, *args: Any, delay: float | None = None) -> None:
-    """Record ``effect``: it is dispatched when the current transaction commits (at once when there
-    is none, as Django's ``on_commit`` does)."""
-    transaction.on_commit(lambda: dispatch(effect, *args, delay=delay))
+    """Record ``effect`` in the outbox, in the current transaction (its own when there is none); it
+    is dispatched when that commits and re-dispatched by beat until a dispatch succeeds."""
+    Effect(effect)  # an unknown effect is a bug here, not at dispatch time
+    with transaction.atomic():
+        row = PendingEffect.objects.create(effect=str(effect), args=list(args), delay_seconds=delay)
+        transaction.on_commit(lambda: _dispatch_row(row.id))
+
+
+def _dispatch_row(row_id: int, *, remaining_delay: float | None = None, fresh: bool = True) -> bool:
+    """Dispatch one outbox row and mark it; a failure (broker down) is logged and left for beat."""
+    row = PendingEffect.objects.filter(id=row_id, dispatched_at__isnull=True).first()
+    if row is None:
+        return False
+    delay = row.delay_seconds if fresh else remaining_delay
+    try:
+        dispatch(Effect(row.effect), *row.args, delay=delay)
+    except DispatchFailed as exc:  # the broker is down: beat re-sends it
+        PendingEffect.objects.filter(id=row_id).update(attempts=F("attempts") + 1, last_error=str(exc)[:2000])
+        logger.warning("effect %s%s not dispatched (%s); it stays in the outbox and is re-sent by beat",
+                       row.effect, tuple(row.args), type(exc).__name__)
+        return False
+    PendingEffect.objects.filter(id=row_id).update(dispatched_at=timezone.now(), attempts=F("attempts") + 1)
+    return True
+
+
+def dispatch_pending(*, older_than_seconds: float = REDISPATCH_AFTER_SECONDS, limit: int = 500) -> int:
+    """Re-send outbox rows still undispatched after ``older_than_seconds`` (their on-commit dispatch
+    failed, or its process died); a countdown resumes with what is left of it. Returns how many
+    were sent."""
+    now = timezone.now()
+    stale = PendingEffect.objects.filter(
+        dispatched_at__isnull=True, created_at__lt=now - timedelta(seconds=older_than_seconds)
+    ).order_by("id")[:limit]
+    sent = 0
+    for row_id, created_at, delay in stale.values_list("id", "created_at", "delay_seconds"):
+        remaining = None
+        if delay:
+            remaining = max(0.0, delay - (now - created_at).total_seconds()) or None
+        if _dispatch_row(row_id, remaining_delay=remaining, fresh=False):
+            sent += 1
+    if sent:
+        logger.info("outbox: %d pending effect(s) re-dispatched", sent)
+    return sent
+
+
+def prune_dispatched(*, older_than: timedelta = DISPATCHED_RETENTION) -> int:
+    """Forget dispatched outbox rows after ``older_than`` (the retention job calls this)."""
+    deleted, _ = PendingEffect.objects.filter(dispatched_at__lt=timezone.now() - older_than).delete()
+    return deleted
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from calls.models import (
     Call,
     WebhookReceipt,
 )
-from calls.services.effects import Effect, dispatch
+from calls.services.effects import Effect, after_commit, prune_dispatched
 from calls.services.lifecycle import end_call, enforce_max_duration, fail_call, safe_hangup
 from calls.services.records import (
     DIAL_NEVER_CONFIRMED,
@@ -76,6 +76,7 @@ def reap_stale_calls() -> dict[str, int]:
         if enforce_max_duration(str(call.id)):
             reaped["maxDuration"] += 1
     WebhookReceipt.objects.filter(received_at__lt=now - RECEIPT_RETENTION).delete()
+    prune_dispatched()
     if reaped["stale"] or reaped["maxDuration"]:
         logger.info("reaper ended %s stale and %s over-long calls", reaped["stale"], reaped["maxDuration"])
     return reaped
@@ -128,6 +129,6 @@ def restore_calls() -> dict[str, int]:
             summary["resumed"] += 1
             if call.answered_at:
                 remaining = config.max_duration_seconds - (now - call.answered_at).total_seconds()
-                dispatch(Effect.ENFORCE_MAX_DURATION, call_id, delay=max(0, int(remaining) + 1))
+                after_commit(Effect.ENFORCE_MAX_DURATION, call_id, delay=max(0, int(remaining) + 1))
     logger.info("restore: %s", summary)
     return summary

@@ -24,7 +24,7 @@ from calls.models import (
     TranscriptEntry,
 )
 from calls.services.call_updates import call_update_waiter, publish_call_update
-from calls.services.effects import Effect, dispatch, stream_port
+from calls.services.effects import Effect, after_commit, stream_port
 from calls.services.records import (
     ALREADY_WAITING,
     CALL_ENDED_WHILE_WAITING,
@@ -137,7 +137,7 @@ def deliver_initial_message(call_id: str) -> bool:
             Call.objects.filter(id=call_id).update(initial_message_delivered=False)
         raise
     if not conversation and not carrier(config).reports_playback_end:
-        dispatch(Effect.HANG_UP_AFTER_NOTIFY, str(call.id), delay=config.outbound.notify_hangup_delay_sec)
+        after_commit(Effect.HANG_UP_AFTER_NOTIFY, str(call.id), delay=config.outbound.notify_hangup_delay_sec)
     return True
 
 
