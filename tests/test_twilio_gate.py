@@ -9,8 +9,10 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlencode, urlsplit
 
 import pytest
+import requests
 from django.db import connection, transaction
 
 import calls.interfaces.webhook_gate as asgi_gate
@@ -157,8 +159,50 @@ def _waiting_on_locks() -> int:
         return cursor.fetchone()[0]
 
 
+def _post_to(base_url: str, fake: FakeTwilio, url: str, params) -> int:
+    """The delivery ``fake.post`` makes, to a chosen daphne (a carrier egress address is one IP)."""
+    parts = urlsplit(url)
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Host": parts.netloc,
+               "X-Twilio-Signature": fake.sign(url, params)}
+    local = base_url + parts.path + "?" + parts.query
+    return requests.post(local, data=urlencode(params).encode(), headers=headers, timeout=60).status_code
+
+
+@pytest.fixture
+def second_server(server, fake, tmp_path) -> Iterator[RunningServer]:
+    """Another daphne process on the same database and config: a scaled-out deployment."""
+    port = free_port()
+    config_path = write_config(tmp_path, twilio_config(fake, serve={"port": port}))
+    log = tmp_path / "daphne-2.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "voicecall_site.asgi:application"],
+        cwd=REPO, env=child_env(config_path, {"VOICECALL_CELERY_EAGER": "1"}), stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    running = RunningServer(proc, port, log)
+    wait_for_port(port, proc=proc)
+    yield running
+    running.stop()
+
+
+def test_dribbling_bodies_from_one_client_hold_at_most_eight_slots(server):
+    """The per-client cap exists against slow unauthenticated clients: a slot is taken when the
+    headers arrive, so nine clients still sending their bodies cannot all be admitted."""
+    head = request_head(headers={**SIGNED, "Content-Length": "400"})
+    dribblers = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(8)]
+    try:
+        for sock in dribblers:
+            sock.sendall(head + b"CallSid=CA1&")  # headers and a first part of the body, then silence
+        assert exchange(server.port, head, b"CallSid=CA2&", timeout=30) == 429  # after its short wait
+    finally:
+        for sock in dribblers:
+            sock.close()
+
+
 @pytest.mark.django_db(transaction=True)
-def test_more_than_eight_requests_in_flight_from_one_client_get_429(server, fake):
+def test_verified_copies_of_one_webhook_from_one_client_are_never_refused(server, fake):
+    """Twelve verified copies held on the receipt's row lock: past the per-client cap of eight, and
+    none refused -- a verified request gives its client's slot back."""
     if connection.vendor != "postgresql":
         pytest.skip("holds requests in flight with a PostgreSQL row lock")
     call = AnsweredCallFactory(provider="twilio", provider_call_id="CA" + "e" * 32)
@@ -166,19 +210,42 @@ def test_more_than_eight_requests_in_flight_from_one_client_get_429(server, fake
     url = f"{PUBLIC_URL}?callId={call.id}&type=status"
     params = fake.voice_params(fake_call, "completed")
     signature = fake.sign(url, params)
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with ThreadPoolExecutor(max_workers=12) as pool:
         with transaction.atomic():
             # An uncommitted receipt with this request's key: every copy blocks on its unique index.
             WebhookReceipt.objects.create(request_key=twilio_replay_key(url, params, signature), provider="twilio")
-            held = [pool.submit(fake.post, url, params) for _ in range(8)]
-            wait_until(lambda: _waiting_on_locks() >= 8, timeout=20, interval=0.05)
-            ninth = fake.post(url, params)
-            assert ninth.status_code == 429
+            held = [pool.submit(fake.post, url, params) for _ in range(12)]
+            wait_until(lambda: _waiting_on_locks() >= 12, timeout=30, interval=0.05)
             transaction.set_rollback(True)
-        statuses = [f.result(timeout=30).status_code for f in held]
-    assert statuses == [200] * 8
-    assert CallEvent.objects.filter(call=call).count() == 1  # one applied, seven were replays
+        statuses = [f.result(timeout=60).status_code for f in held]
+    assert statuses == [200] * 12
+    assert CallEvent.objects.filter(call=call).count() == 1  # one applied, eleven were replays
     assert Call.objects.get(id=call.id).end_reason == "completed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_of_signed_callbacks_from_one_address_is_all_accepted_across_processes(
+    server, second_server, fake
+):
+    """24 concurrent status callbacks from one carrier address over two daphne processes, then 40
+    concurrent copies of one accepted callback: every one 2xx, every effect exactly once."""
+    calls = [AnsweredCallFactory(provider="twilio", provider_call_id="CA" + f"{n:032x}") for n in range(24)]
+    deliveries = []
+    for call in calls:
+        fake_call = fake.add_live_call(sid=call.provider_call_id)
+        deliveries.append((f"{PUBLIC_URL}?callId={call.id}&type=status", fake.voice_params(fake_call, "completed")))
+    targets = [server.base_url, second_server.base_url]
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        statuses = list(pool.map(lambda n: _post_to(targets[n % 2], fake, *deliveries[n]), range(24)))
+    assert statuses == [200] * 24
+    assert CallEvent.objects.filter(call__in=calls).count() == 24
+    assert set(Call.objects.filter(id__in=[c.id for c in calls]).values_list("end_reason", flat=True)) == {"completed"}
+
+    url, params = deliveries[0]
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        copies = list(pool.map(lambda n: _post_to(targets[n % 2], fake, url, params), range(40)))
+    assert copies == [200] * 40
+    assert CallEvent.objects.filter(call=calls[0]).count() == 1
 
 
 # --- the ASGI middleware on its own --------------------------------------------------------------
@@ -253,7 +320,8 @@ def test_gate_hands_the_whole_body_to_the_app(twilio_in_process):
     assert status == 200 and seen["body"] == b"CallSid=CA1&CallStatus=ringing"
 
 
-def test_gate_in_flight_cap_counts_the_client_behind_a_trusted_proxy(configure):
+def test_gate_in_flight_cap_counts_the_client_behind_a_trusted_proxy(configure, monkeypatch):
+    monkeypatch.setattr(asgi_gate, "SLOT_WAIT_S", 0.05)  # over the cap a request waits this long, then 429
     configure(twilio_config(FakeTwilio(), webhookSecurity={"trustForwardingHeaders": True,
                                                             "trustedProxyIPs": ["10.0.0.5"]}))
     limiter = InFlightLimiter(2)

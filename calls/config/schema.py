@@ -226,6 +226,8 @@ class WebhookSecurityConfig(_Section):
     allowed_hosts: list[str] = Field(default_factory=list)
     trust_forwarding_headers: bool = False
     trusted_proxy_ips: list[IpAddress] = Field(default_factory=list, alias="trustedProxyIPs")
+    # Unverified requests (headers in, signature not yet checked) one client IP may have in flight.
+    max_in_flight_per_ip: PositiveInt = 8
 
 
 class StreamingConfig(_Section):

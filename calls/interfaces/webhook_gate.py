@@ -9,10 +9,11 @@ Only requests for ``serve.path`` are guarded; every other path passes through un
 3. signature headers (``provider.required_signature_headers``) present, else ``401`` — decided from
    the headers alone, before the body is read (skipped with ``skipSignatureVerification``);
 4. a declared ``Content-Length`` over 64 KB is ``413`` at once;
-5. per-client in-flight cap (8), keyed by the client IP resolved with the trusted-proxy rules
-   (``providers.security.stream_client_ip``), else ``429``; the slot is the process's one webhook
-   limiter (``calls.interfaces.limits``), held until the response is sent and marked in the scope
-   so the view does not take a second;
+5. per-client in-flight cap (``webhookSecurity.maxInFlightPerIp``, 8), keyed by the client IP
+   resolved with the trusted-proxy rules (``providers.security.stream_client_ip``): the slot is taken
+   when the headers have arrived, held through the body and the signature check and released by the
+   view once the signature verifies (``calls.interfaces.limits``); over the cap a request waits
+   briefly for a slot, then ``429``;
 6. the body is read with a 64 KB cap (``413`` as soon as it is exceeded, nothing more buffered) and
    a 5 s deadline (``408``), then handed to Django.
 
@@ -37,7 +38,17 @@ from typing import Any
 from urllib.parse import unquote
 
 from calls.config import ConfigError, VoiceCallConfig, get_config
-from calls.interfaces.limits import GATE_SLOT_KEY, MAX_BODY_BYTES, WEBHOOK_LIMITER, InFlightLimiter
+from calls.interfaces.limits import (
+    GATE_SLOT_KEY,
+    MAX_BODY_BYTES,
+    SLOT_WAIT_S,
+    InFlightLimiter,
+    Slot,
+    drop_connection_slot,
+    hold_for_connection,
+    take_connection_slot,
+    webhook_limiter,
+)
 from providers import provider_class
 from providers.security import ForwardingTrust, header, stream_client_ip
 from voicecall_site import compat
@@ -45,6 +56,7 @@ from voicecall_site import compat
 logger = logging.getLogger(__name__)
 
 BODY_READ_TIMEOUT_S = 5.0
+SLOT_POLL_S = 0.01  # how often a request over the per-client cap looks for a free slot
 # After a refusal at the Twisted level the rest of the upload is read and discarded (never buffered)
 # for at most this long, so the client gets to read the response instead of a connection reset.
 REJECT_DRAIN_S = 2.0
@@ -174,7 +186,7 @@ class WebhookGate:
 
     def __init__(self, app, *, limiter: InFlightLimiter | None = None) -> None:
         self.app = app
-        self.limiter = limiter or WEBHOOK_LIMITER
+        self.limiter = limiter  # None: the process's limiter, capped by the config in force
 
     async def __call__(self, scope, receive, send) -> None:
         if scope.get("type") != "http":
@@ -200,14 +212,19 @@ class WebhookGate:
             await _respond(send, verdict.status)
             return
 
-        remote = (scope.get("client") or (None,))[0]
-        client_ip = stream_client_ip(
-            remote, headers, ForwardingTrust.for_request(config.provider_settings.webhook_trust, remote)
-        )
-        if not self.limiter.acquire(client_ip):
-            _log_refusal(429, f"more than {self.limiter.max_per_key} requests in flight", config)
-            await _respond(send, 429)
-            return
+        # Under daphne the Twisted request took the slot when the headers arrived; else take it now.
+        slot = take_connection_slot(scope.get("client"))
+        if slot is None:
+            remote = (scope.get("client") or (None,))[0]
+            client_ip = stream_client_ip(
+                remote, headers, ForwardingTrust.for_request(config.provider_settings.webhook_trust, remote)
+            )
+            limiter = self.limiter or webhook_limiter(config.webhook_security.max_in_flight_per_ip)
+            slot = await _wait_for_slot(limiter, client_ip)
+            if slot is None:
+                _log_refusal(429, f"more than {limiter.max_per_key} unverified requests in flight", config)
+                await _respond(send, 429)
+                return
         try:
             try:
                 body = await _read_body(receive, limit=MAX_BODY_BYTES, timeout=BODY_READ_TIMEOUT_S)
@@ -230,12 +247,23 @@ class WebhookGate:
                     return {"type": "http.request", "body": body, "more_body": False}
                 return await receive()
 
-            scope = {**scope, GATE_SLOT_KEY: True}
+            scope = {**scope, GATE_SLOT_KEY: slot}
             if verdict.canonical_path:
                 scope["path"] = verdict.canonical_path  # raw_path keeps what was signed
             await self.app(scope, replay_receive, send)
         finally:
-            self.limiter.release(client_ip)
+            slot.release()  # usually released already, by the view once the signature verified
+
+
+async def _wait_for_slot(limiter: InFlightLimiter, client_ip: str) -> Slot | None:
+    """A slot for ``client_ip``, waiting up to ``SLOT_WAIT_S`` for one to be released."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SLOT_WAIT_S
+    while (slot := limiter.slot_for(client_ip)) is None:
+        if loop.time() >= deadline:
+            return None
+        await asyncio.sleep(SLOT_POLL_S)
+    return slot
 
 
 def _log_refusal(status: int, reason: str, config: VoiceCallConfig | None) -> None:
@@ -268,6 +296,10 @@ def _make_gated_request(base: type) -> type:
         _gate_received = 0
         _gate_timer = None
         _gate_rejected = False
+        _gate_slot: Slot | None = None
+        _gate_wanted: tuple | None = None  # (limiter, client ip, connection, deadline) while waiting
+        _gate_slot_timer = None
+        _gate_received_args: tuple | None = None  # requestReceived, held until a slot is free
 
         def gotLength(self, length):
             verdict = self._gate_head(length)
@@ -275,6 +307,10 @@ def _make_gated_request(base: type) -> type:
                 self.content = io.BytesIO()
                 self._gate_reject(verdict.status, verdict.reason)
                 return
+            if verdict is not None:
+                self._gate_take_slot()
+                if self._gate_rejected:
+                    return
             if verdict is not None and length != 0:
                 self._gate_limit = MAX_BODY_BYTES
                 self._gate_timer = reactor.callLater(BODY_READ_TIMEOUT_S, self._gate_body_timeout)
@@ -294,11 +330,70 @@ def _make_gated_request(base: type) -> type:
             self._gate_cancel_timer()
             if self._gate_rejected:
                 return
+            if self._gate_wanted is not None:  # over the per-client cap: wait for a slot first
+                self._gate_received_args = (command, path, version)
+                return
             super().requestReceived(command, path, version)
 
         def connectionLost(self, reason):
             self._gate_cancel_timer()
+            self._gate_stop_waiting()
+            self._gate_give_back()
             super().connectionLost(reason)
+
+        # --- the per-client slot, from the headers on ------------------------------------------
+        def _gate_take_slot(self) -> None:
+            address = self.getClientAddress()
+            host, port = str(getattr(address, "host", "") or ""), int(getattr(address, "port", 0) or 0)
+            headers = {
+                name.decode("latin-1"): b",".join(values).decode("latin-1")
+                for name, values in self.requestHeaders.getAllRawHeaders()
+            }
+            config = self._gate_config
+            trust = ForwardingTrust.for_request(config.provider_settings.webhook_trust, host or None)
+            client_ip = stream_client_ip(host or None, headers, trust)
+            limiter = webhook_limiter(config.webhook_security.max_in_flight_per_ip)
+            slot = limiter.slot_for(client_ip)
+            if slot is not None:
+                self._gate_hold(slot, (host, port))
+                return
+            self._gate_wanted = (limiter, client_ip, (host, port), reactor.seconds() + SLOT_WAIT_S)
+            self._gate_slot_timer = reactor.callLater(SLOT_POLL_S, self._gate_retry_slot)
+
+        def _gate_hold(self, slot: Slot, connection: tuple[str, int]) -> None:
+            self._gate_slot = slot
+            hold_for_connection(connection, slot)
+
+        def _gate_retry_slot(self) -> None:
+            self._gate_slot_timer = None
+            if self._gate_wanted is None or self._gate_rejected:
+                return
+            limiter, client_ip, connection, deadline = self._gate_wanted
+            slot = limiter.slot_for(client_ip)
+            if slot is None:
+                if reactor.seconds() >= deadline:
+                    self._gate_wanted = None
+                    self._gate_reject(429, f"more than {limiter.max_per_key} unverified requests in flight")
+                    return
+                self._gate_slot_timer = reactor.callLater(SLOT_POLL_S, self._gate_retry_slot)
+                return
+            self._gate_wanted = None
+            self._gate_hold(slot, connection)
+            if self._gate_received_args is not None:  # the body is in: hand the request on now
+                args, self._gate_received_args = self._gate_received_args, None
+                base.requestReceived(self, *args)
+
+        def _gate_stop_waiting(self) -> None:
+            self._gate_wanted = None
+            if self._gate_slot_timer is not None and self._gate_slot_timer.active():
+                self._gate_slot_timer.cancel()
+            self._gate_slot_timer = None
+
+        def _gate_give_back(self) -> None:
+            if self._gate_slot is not None:
+                address = self.getClientAddress()
+                drop_connection_slot((str(getattr(address, "host", "")), int(getattr(address, "port", 0) or 0)),
+                                     self._gate_slot)
 
         # --- helpers ----------------------------------------------------------------------------
         def _gate_head(self, length: int | None) -> HeadVerdict | None:
@@ -335,6 +430,8 @@ def _make_gated_request(base: type) -> type:
             _log_refusal(status, reason, self._gate_config)
             self._gate_rejected = True
             self._gate_cancel_timer()
+            self._gate_stop_waiting()
+            self._gate_give_back()
             channel, transport = self.channel, self.channel.transport
             text = STATUS_TEXT.get(status, "Error").encode()
             transport.write(

@@ -4,9 +4,10 @@ Order: POST only → signature headers present → per-IP in-flight cap → body
 verification → replay check → parse → one transaction → answer. No outbound HTTP happens here:
 carrier commands triggered by an event leave the domain after commit (``calls.services.effects``).
 
-Under daphne the ASGI gate (``webhook_gate``) has done the cheap checks and holds the request's
-in-flight slot already; the view repeats the checks as a second line (under another server, or the
-test client) and takes the slot itself only when the gate did not.
+Under daphne the ASGI gate (``webhook_gate``) has done the cheap checks and hands the view the
+request's per-client slot; the view repeats the checks as a second line (under another server, or
+the test client) and takes a slot itself only when none was handed on. It releases the slot as soon
+as the signature verifies (``calls.interfaces.limits``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from django.views.decorators.csrf import csrf_exempt
 
 from calls import services
 from calls.config import get_config
-from calls.interfaces.limits import GATE_SLOT_KEY, MAX_BODY_BYTES, WEBHOOK_LIMITER
+from calls.interfaces.limits import (
+    GATE_SLOT_KEY,
+    MAX_BODY_BYTES,
+    SLOT_WAIT_S,
+    VERIFIED_IN_FLIGHT,
+    VERIFIED_LIMIT,
+    VERIFIED_WAIT_S,
+    Slot,
+    webhook_limiter,
+)
 from providers.base import WebhookParseError
 from providers.security import (
     ForwardingTrust,
@@ -81,9 +91,12 @@ def carrier_webhook(request: HttpRequest) -> HttpResponse:
     trust = ForwardingTrust.for_request(config.provider_settings.webhook_trust, head.remote_addr)
     remote = stream_client_ip(head.remote_addr, head.headers, trust)
     scope = getattr(request, "scope", None)
-    holds_gate_slot = isinstance(scope, dict) and bool(scope.get(GATE_SLOT_KEY))
-    if not holds_gate_slot and not WEBHOOK_LIMITER.acquire(remote):
-        return _plain(429, "Too Many Requests")
+    slot = scope.get(GATE_SLOT_KEY) if isinstance(scope, dict) else None
+    if not isinstance(slot, Slot):  # not behind the ASGI gate (the test client, WSGI): take one here
+        limiter = webhook_limiter(config.webhook_security.max_in_flight_per_ip)
+        if not limiter.acquire_waiting(remote, SLOT_WAIT_S):
+            return _plain(429, "Too Many Requests")
+        slot = Slot(limiter, remote)
     try:
         body = request.body
         if len(body) > MAX_BODY_BYTES:
@@ -103,15 +116,23 @@ def carrier_webhook(request: HttpRequest) -> HttpResponse:
                 )
                 return _plain(401, "Unauthorized")
             request_key, equivalent_keys = verdict.request_key, verdict.equivalent_keys
+        # Verified (or exempt): the client's slot is for unverified requests only. A carrier's burst
+        # from one address is never refused for it; verified work queues for the process instead.
+        slot.release()
+        if not VERIFIED_LIMIT.acquire(timeout=VERIFIED_WAIT_S):
+            logger.warning("%s webhook refused with 503: %d verified requests in process", provider.name,
+                           VERIFIED_IN_FLIGHT)
+            return _plain(503, "Service Unavailable")
         try:
             result = services.process_webhook(provider, wr, request_key, equivalent_keys=equivalent_keys)
         except WebhookParseError as exc:
             logger.warning("%s webhook body rejected: %s", provider.name, exc)
             return _plain(400, "Bad Request")
+        finally:
+            VERIFIED_LIMIT.release()
         if result.replay:
             logger.info("%s webhook replay acknowledged without side effects", provider.name)
         reply = result.reply
         return HttpResponse(reply.body, status=reply.status, content_type=reply.content_type)
     finally:
-        if not holds_gate_slot:
-            WEBHOOK_LIMITER.release(remote)
+        slot.release()
