@@ -85,6 +85,12 @@ def reap_stale_calls() -> dict:
 
 
 @shared_task
+def prune_old_records() -> dict:
+    """Retention (config ``retention``); beat runs it hourly."""
+    return services.prune_old_records()
+
+
+@shared_task
 def dispatch_pending_effects() -> int:
     """Re-send the outbox rows whose dispatch failed (broker down at commit); beat runs it."""
     return effects.dispatch_pending()

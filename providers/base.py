@@ -187,6 +187,14 @@ def request_may_have_arrived(exc: BaseException) -> bool:
     return isinstance(exc, requests.ConnectionError | OSError)
 
 
+def ledger_view(source: Any, keep: tuple[str, ...]) -> dict[str, Any]:
+    """The part of a carrier payload kept in the event ledger: the fields an operator needs to follow
+    a call, never caller names, geodata or headers (each carrier lists its ``keep``)."""
+    if not isinstance(source, dict):
+        return {}
+    return {k: source[k] for k in keep if k in source}
+
+
 class WebhookParseError(ValueError):
     """The body is not what this carrier sends: answered with 400, nothing recorded."""
 

@@ -123,3 +123,17 @@ def test_bad_config_exits_non_zero_naming_the_key(tmp_path):
     result = run_cli(config, "status", "--json")
     assert result.returncode == 1
     assert "serve.port: must be an integer > 0" in result.stderr
+
+
+def test_setup_warns_about_forwarding_trust_without_proxies_and_a_missing_shared_secret_key(settings):
+    from calls.config import config_from_dict
+    from calls.management.cli.setup_checks import deployment_warnings
+
+    open_trust = config_from_dict({"provider": "mock", "webhookSecurity": {"trustForwardingHeaders": True}}, env={})
+    pinned = config_from_dict({"provider": "mock", "webhookSecurity": {
+        "trustForwardingHeaders": True, "trustedProxyIPs": ["10.0.0.5"]}}, env={})
+    settings.REDIS_URL = "redis://127.0.0.1:6379/0"  # scaled out: several hosts share one database
+    warnings = deployment_warnings(open_trust, environ={})
+    assert len(warnings) == 2
+    assert "trustedProxyIPs" in warnings[0] and "DJANGO_SECRET_KEY" in warnings[1]
+    assert deployment_warnings(pinned, environ={"DJANGO_SECRET_KEY": "shared"}) == []

@@ -146,13 +146,42 @@ def test_ngrok_tunnel_url_comes_from_its_json_log_and_the_token_stays_off_the_co
     try:
         assert (result.source, result.webhook_url, result.error) == ("ngrok", NGROK_URL + "/voice/webhook", None)
         (entry,) = standins.entries("ngrok")
-        assert entry["argv"] == ["http", "4567", "--log", "stdout", "--log-format", "json",
-                                 "--domain", "calls.example.com"]
+        assert entry["argv"][:-1] == ["http", "4567", "--log", "stdout", "--log-format", "json",
+                                      "--domain", "calls.example.com", "--traffic-policy-file"]
         assert entry["token"] == "ngrok-secret-1"
+        # Only the webhook is published: every other path is denied at ngrok's edge.
+        policy = json.loads(Path(entry["argv"][-1]).read_text())
+        (rule,) = policy["on_http_request"]
+        assert rule["expressions"] == ['!(req.url.path in ["/voice/webhook", "/voice/webhook/"])']
+        assert rule["actions"] == [{"type": "deny", "config": {"status_code": 404}}]
     finally:
         result.stop()
     assert {"tool": "ngrok", "stopped": True} in standins.entries("ngrok")
     result.stop()  # idempotent
+
+
+def test_the_tunnel_publishes_the_stream_path_too_and_everything_only_when_asked(standins):
+    streaming = carrier("twilio", serve={"port": 4567}, tunnel={"provider": "ngrok"}, streaming={"enabled": True})
+    assert exposure.public_paths(streaming) == ("/voice/webhook", "/voice/webhook/", "/voice/stream")
+    everything = cfg(serve={"port": 4567}, tunnel={"provider": "ngrok", "exposeAllPaths": True})
+    assert exposure.public_paths(everything) is None
+    result = exposure.start_exposure(everything)
+    try:
+        (entry,) = standins.entries("ngrok")
+        assert "--traffic-policy-file" not in entry["argv"]
+    finally:
+        result.stop()
+
+
+def test_tailscale_routes_the_media_stream_path_when_streaming(standins):
+    result = exposure.start_exposure(carrier("twilio", serve={"port": 4567}, tunnel={"provider": "tailscale-funnel"},
+                                             streaming={"enabled": True}))
+    routes = [argv for argv in standins.argv("tailscale") if "--set-path" in argv]
+    assert [argv[4:] for argv in routes] == [["/voice/webhook", "http://127.0.0.1:4567/voice/webhook"],
+                                            ["/voice/stream", "http://127.0.0.1:4567/voice/stream"]]
+    result.stop()
+    assert [argv for argv in standins.argv("tailscale") if "off" in argv][-2:] == [
+        ["funnel", "off", "/voice/stream"], ["funnel", "off", "/voice/webhook"]]
 
 
 def test_ngrok_error_is_reported_and_falls_back_to_the_local_url(standins, monkeypatch):
@@ -304,7 +333,8 @@ def test_serve_starts_ngrok_hands_its_url_to_the_server_and_tears_it_down(standi
                                                                      "broker": "ok"})
         exposed = json.loads((var_dir / "voicecall.exposed.json").read_text())
         assert exposed["publicUrl"] == NGROK_URL + "/voice/webhook"
-        assert standins.argv("ngrok") == [["http", str(port), "--log", "stdout", "--log-format", "json"]]
+        assert standins.argv("ngrok") == [["http", str(port), "--log", "stdout", "--log-format", "json",
+                                           "--traffic-policy-file", str(var_dir / "ngrok-traffic-policy.json")]]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:

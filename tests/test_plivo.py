@@ -505,3 +505,14 @@ def test_start_listening_transfers_the_a_leg_to_a_signed_xml_listen_url(fake):
     assert (query["flow"], query["callId"]) == ("xml-listen", CALL_ID)
     body = parse(provider, query, {"CallUUID": call.call_uuid}).reply.body
     assert "<GetInput " in body and "turnToken=turn-7" in body
+
+
+def test_the_ledger_keeps_what_follows_a_call_not_the_callers_name_or_location():
+    provider = PlivoProvider(make_config())
+    request = form_request("https://example.com/voice/webhook", {
+        "CallUUID": "in-uuid", "From": "14155550123", "To": "14155550100", "CallStatus": "ringing",
+        "Direction": "inbound", "Event": "StartApp", "CallerName": "Alice Private", "FromCity": "Springfield",
+        "STIRVerification": "Verified"}, {})
+    (event, *_rest) = provider.parse_webhook(request, "plivo:v3:k").events
+    assert event.raw == {"CallUUID": "in-uuid", "CallStatus": "ringing", "Direction": "inbound",
+                         "From": "14155550123", "To": "14155550100", "Event": "StartApp"}

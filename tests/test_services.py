@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from calls import services
 from calls.config import get_config
-from calls.models import Call, CallEvent, TranscriptEntry
+from calls.models import Call, CallEvent, TranscriptEntry, WebhookReceipt
 from providers import get_provider
 from providers.base import EventType, NormalizedEvent
 from tests.factories import AllowedCallerFactory, AnsweredCallFactory, CallFactory
@@ -30,6 +30,12 @@ class TestInitiate:
         assert call.state == "initiated" and call.direction == "outbound" and call.mode == "conversation"
         assert call.from_number == services.MOCK_DEFAULT_FROM
         assert len(callbacks) == 2  # placement and the update notification wait for commit
+
+    def test_info_logs_mask_the_number_called(self, caplog):
+        with caplog.at_level("INFO", logger="calls"):
+            services.initiate_call(to="+15550001234", message="Hi", mode="notify")
+        text = caplog.text
+        assert "+15550001234" not in text and "+155••••••34" in text
 
     def test_uses_configured_default_mode_and_to_number(self, configure):
         configure(toNumber="+15550002222", outbound={"defaultMode": "conversation"})
@@ -312,3 +318,34 @@ def test_latency_report_uses_nearest_rank_percentiles():
     assert report["turnLatency"] == {"count": 5, "minMs": 100, "maxMs": 1000, "avgMs": 400, "p50Ms": 300,
                                      "p95Ms": 1000}
     assert report["listenWait"]["p50Ms"] == 150
+
+
+class TestRetention:
+    def test_prunes_old_receipts_and_the_events_of_long_ended_calls_but_keeps_calls(self, configure):
+        configure(retention={"webhookReceiptsHours": 24, "eventsDays": 30, "transcriptsDays": 60})
+        long_ago = timezone.now() - timedelta(days=90)
+        old_call = CallFactory(state="completed", provider_call_id="mock-old")
+        Call.objects.filter(id=old_call.id).update(ended_at=long_ago)
+        live = AnsweredCallFactory()
+        for call, key in ((old_call, "old"), (live, "live")):
+            CallEvent.objects.create(call=call, provider="mock", type="call.answered", dedupe_key=key)
+            TranscriptEntry.objects.create(call=call, speaker="bot", text=f"line of {key}")
+        CallEvent.objects.update(received_at=long_ago)
+        WebhookReceipt.objects.create(request_key="old-receipt", provider="mock")
+        WebhookReceipt.objects.create(request_key="new-receipt", provider="mock")
+        WebhookReceipt.objects.filter(request_key="old-receipt").update(received_at=timezone.now() - timedelta(hours=25))
+
+        pruned = services.prune_old_records()
+
+        assert (pruned["receipts"], pruned["events"], pruned["transcripts"]) == (1, 1, 1)
+        assert list(WebhookReceipt.objects.values_list("request_key", flat=True)) == ["new-receipt"]
+        assert list(CallEvent.objects.values_list("dedupe_key", flat=True)) == ["live"]  # a live call keeps its ledger
+        assert list(TranscriptEntry.objects.values_list("text", flat=True)) == ["line of live"]
+        assert Call.objects.filter(id=old_call.id).exists()
+
+    def test_transcripts_are_kept_for_good_by_default(self):
+        call = CallFactory(state="completed", provider_call_id="mock-kept")
+        Call.objects.filter(id=call.id).update(ended_at=timezone.now() - timedelta(days=3650))
+        TranscriptEntry.objects.create(call=call, speaker="bot", text="kept")
+        assert services.prune_old_records()["transcripts"] == 0
+        assert TranscriptEntry.objects.filter(call=call).exists()

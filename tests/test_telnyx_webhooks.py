@@ -459,3 +459,14 @@ def test_non_object_json_is_a_parse_error(fake):
     provider = install_config(fake)
     with pytest.raises(WebhookParseError):
         provider.parse_webhook(request_of(b'"just a string"', {}), "telnyx:k")
+
+
+def test_the_ledger_keeps_what_follows_a_call_not_the_callers_name_headers_or_client_state(fake):
+    provider = install_config(fake)
+    (event,) = parse(provider, envelope("call.initiated", caller_id_name="Alice Private",
+                                        custom_headers=[{"name": "X-Secret", "value": "v"}]))
+    assert event.raw == {
+        "id": "evt-1", "event_type": "call.initiated", "occurred_at": "2026-01-02T03:04:05.000000Z",
+        "payload": {"call_control_id": "v3:leg", "direction": "outgoing", "from": "+15550001000",
+                    "to": "+15550002000"},
+    }

@@ -174,6 +174,7 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-calls": {"task": "calls.tasks.reap_stale_calls", "schedule": 30.0},
+    "prune-old-records": {"task": "calls.tasks.prune_old_records", "schedule": 3600.0},
     # The transactional outbox: effects whose dispatch failed at commit (calls.services.effects).
     "dispatch-pending-effects": {"task": "calls.tasks.dispatch_pending_effects",
                                  "schedule": env.float("VOICECALL_OUTBOX_REDISPATCH_SECONDS", default=10.0)},

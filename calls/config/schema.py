@@ -206,6 +206,9 @@ class TunnelConfig(_Section):
     ngrok_auth_token: NonEmptyStr | None = None
     ngrok_domain: NonEmptyStr | None = None
     allow_ngrok_free_tier_loopback_bypass: bool = False
+    # A tunnel publishes the webhook (and media-stream) paths only; admin, /rpc, /tools and health
+    # stay local. True publishes the whole server, as a plain `ngrok http PORT` would.
+    expose_all_paths: bool = False
 
 
 class TailscaleConfig(_Section):
@@ -257,6 +260,16 @@ class NumberRoute(_Section):
     tts: dict[str, Any] | None = None
 
 
+class RetentionConfig(_Section):
+    """How long the ledger keeps what it no longer needs (pruned hourly by beat)."""
+
+    # Replay receipts: longer than any carrier retries a webhook, or a late retry would be applied.
+    webhook_receipts_hours: PositiveInt = 24
+    # Events and transcripts of calls that ended this long ago; 0 keeps them for good.
+    events_days: NonNegativeInt = 90
+    transcripts_days: NonNegativeInt = 0
+
+
 class RpcConfig(_Section):
     token: NonEmptyStr | None = None
 
@@ -306,6 +319,7 @@ class VoiceCallConfig(_Section):
     responder: ResponderConfig = Field(default_factory=ResponderConfig)
     numbers: dict[E164, NumberRoute] = Field(default_factory=dict)
     rpc: RpcConfig = Field(default_factory=RpcConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     store: str | None = None  # accepted for compatibility with OpenClaw files; calls live in the DB
 
     def effective_tts(self, number: str | None = None) -> dict[str, Any]:

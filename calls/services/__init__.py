@@ -28,7 +28,7 @@ from calls.services.lifecycle import (  # noqa: F401
     place_call,
     reject_inbound_call,
 )
-from calls.services.maintenance import reap_stale_calls, restore_calls  # noqa: F401
+from calls.services.maintenance import prune_old_records, reap_stale_calls, restore_calls  # noqa: F401
 from calls.services.records import (  # noqa: F401
     ALREADY_WAITING,
     CALL_ENDED_WHILE_WAITING,

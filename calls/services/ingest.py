@@ -38,6 +38,7 @@ from calls.services.records import (
     DIAL_UNCONFIRMED_KEY,
     END_REQUESTED_KEY,
     finalize,
+    masked,
     snapshot,
     transition,
 )
@@ -257,7 +258,8 @@ def _register_unknown_call(provider: Provider, event: NormalizedEvent, outcome: 
             return None
         after_commit(Effect.REJECT_INBOUND_CALL, provider.name, event.provider_call_id)
         outcome.rejected = True
-        logger.info("inbound call %s from %s rejected by policy %s", event.provider_call_id, event.from_number, config.inbound_policy)
+        logger.info("inbound call %s from %s rejected by policy %s", event.provider_call_id, masked(event.from_number),
+                    config.inbound_policy)
         return None
 
     inbound = event.direction == Direction.INBOUND

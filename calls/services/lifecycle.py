@@ -42,6 +42,7 @@ from calls.services.records import (
     epoch_ms,
     finalize,
     find_call,
+    masked,
     require_call,
     snapshot,
     spoken_text,
@@ -97,7 +98,7 @@ def initiate_call(*, to: str | None, message: str | None, mode: str | None = Non
         call_id = str(call.id)
         after_commit(Effect.PLACE_CALL, call_id)
         transaction.on_commit(lambda: publish_call_update(call_id))
-    logger.info("call %s to %s queued (%s)", call.id, to, mode)
+    logger.info("call %s to %s queued (%s)", call.id, masked(to), mode)
     return call
 
 

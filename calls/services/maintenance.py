@@ -7,11 +7,14 @@ import logging
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from calls.config import get_config
 from calls.models import (
     Call,
+    CallEvent,
+    TranscriptEntry,
     WebhookReceipt,
 )
 from calls.services.effects import Effect, after_commit, prune_dispatched
@@ -20,7 +23,6 @@ from calls.services.records import (
     DIAL_NEVER_CONFIRMED,
     PLACEMENT_EXPIRED,
     PLACEMENT_INTERRUPTED,
-    RECEIPT_RETENTION,
     ServiceError,
     carrier,
     finalize,
@@ -75,11 +77,31 @@ def reap_stale_calls() -> dict[str, int]:
     for call in overdue:
         if enforce_max_duration(str(call.id)):
             reaped["maxDuration"] += 1
-    WebhookReceipt.objects.filter(received_at__lt=now - RECEIPT_RETENTION).delete()
-    prune_dispatched()
     if reaped["stale"] or reaped["maxDuration"]:
         logger.info("reaper ended %s stale and %s over-long calls", reaped["stale"], reaped["maxDuration"])
     return reaped
+
+
+def prune_old_records() -> dict[str, int]:
+    """Retention (config ``retention``): replay receipts past ``webhookReceiptsHours``; events and,
+    when ``transcriptsDays`` is set, transcripts of calls that ended that long ago; dispatched
+    outbox rows after a day. Calls themselves are kept (admin's history)."""
+    retention = get_config().retention
+    now = timezone.now()
+    pruned = {"receipts": 0, "events": 0, "transcripts": 0}
+    pruned["receipts"], _ = WebhookReceipt.objects.filter(
+        received_at__lt=now - timedelta(hours=retention.webhook_receipts_hours)).delete()
+    if retention.events_days:
+        cutoff = now - timedelta(days=retention.events_days)
+        pruned["events"], _ = CallEvent.objects.filter(received_at__lt=cutoff).filter(
+            Q(call__isnull=True) | Q(call__ended_at__lt=cutoff)).delete()
+    if retention.transcripts_days:
+        cutoff = now - timedelta(days=retention.transcripts_days)
+        pruned["transcripts"], _ = TranscriptEntry.objects.filter(call__ended_at__lt=cutoff).delete()
+    pruned["outbox"] = prune_dispatched()
+    if any(pruned.values()):
+        logger.info("retention pruned %s", pruned)
+    return pruned
 
 
 def restore_calls() -> dict[str, int]:

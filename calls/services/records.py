@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import timedelta
 
 from django.db import transaction
 from django.utils import timezone
@@ -59,7 +58,6 @@ DTMF_DIGITS = re.compile(r"^[0-9*#wWpP,]+$")
 # A notify call whose message was delivered ends normally: "completed", as the carrier reports when
 # its own TwiML hangs up. An operator's or agent's explicit end is "hangup-bot".
 NOTIFY_END_REASON = CallState.COMPLETED.value
-RECEIPT_RETENTION = timedelta(hours=24)
 END_REQUESTED_KEY = "endRequested"  # metadata: the reason of a hang-up we asked the carrier for
 
 
@@ -88,6 +86,15 @@ def snapshot(call: Call, config: VoiceCallConfig | None = None) -> CallSnapshot:
 
 def epoch_ms(dt) -> int | None:
     return int(dt.timestamp() * 1000) if dt else None
+
+
+def masked(number: str | None) -> str:
+    """A phone number as logs show it: the country-code end and the last two digits
+    (``+1555•••••67``); who was called stays in the database, not in log files."""
+    number = (number or "").strip()
+    if len(number) <= 5:
+        return "•" * len(number)
+    return number[:4] + "•" * (len(number) - 6) + number[-2:]
 
 
 def spoken_text(message: str | None) -> str:

@@ -29,6 +29,7 @@ from providers.base import (
     VerifyResult,
     WebhookParseError,
     WebhookReply,
+    ledger_view,
     request_may_have_arrived,
 )
 from providers.plivo.signatures import (
@@ -51,6 +52,7 @@ from providers.plivo.wire import (
     FLOW_PARAM,
     HANGUP_SOURCE_END_REASONS,
     KEEPALIVE_WAIT_SECONDS,
+    LEDGER_PARAMS,
     LISTEN_EXECUTION_TIMEOUT_SECONDS,
     MAX_TRANSFER_PAYLOAD_BYTES,
     MAX_TRANSFER_URL_CHARS,
@@ -204,7 +206,7 @@ class PlivoProvider(Provider):
             "from_number": normalize_number(params.get("From")),
             "to_number": normalize_number(params.get("To")),
             "turn_token": (query.get(TURN_TOKEN_PARAM) or "").strip() or None,
-            "raw": dict(params),
+            "raw": ledger_view(dict(params), LEDGER_PARAMS),
         }
         lifecycle_key = f"plivo:{provider_call_id or call_id}"
         status = (params.get("CallStatus") or "").strip().lower()

@@ -58,6 +58,11 @@ START_APP_EVENT = "startapp"  # Event=StartApp on the answer URL ⇒ the call is
 # First non-empty of these is the caller's final speech (fact sheet §3.3).
 SPEECH_FIELDS = ("Speech", "Transcription", "TranscriptionText", "SpeechResult", "RecognizedSpeech", "Text")
 SPEECH_CONFIDENCE_FIELD = "SpeechConfidenceScore"
+# What the event ledger keeps of a callback: enough to follow the call, not caller names or geodata.
+LEDGER_PARAMS = (
+    "CallUUID", "RequestUUID", "ALegRequestUUID", "CallStatus", "Direction", "From", "To", "Event",
+    "HangupCause", "HangupSource", "Duration", "BillDuration", "Digits", *SPEECH_FIELDS, SPEECH_CONFIDENCE_FIELD,
+)
 DIRECTIONS: dict[str, str] = {"inbound": "inbound", "outbound": "outbound"}
 
 # XML parameters.

@@ -27,6 +27,7 @@ from providers.base import (
     VerifyResult,
     WebhookParseError,
     WebhookReply,
+    ledger_view,
     request_may_have_arrived,
 )
 from providers.settings import configured_voice
@@ -50,6 +51,8 @@ from providers.telnyx.wire import (
     DIRECTIONS,
     EVENT_TYPES,
     HANGUP_CAUSES,
+    LEDGER_ENVELOPE,
+    LEDGER_PAYLOAD,
     REQUEST_TIMEOUT,
     SPEAK_INTERRUPTED_STATUSES,
     UNKNOWN_HANGUP_CAUSE_REASON,
@@ -144,7 +147,7 @@ class TelnyxProvider(Provider):
             "direction": DIRECTIONS.get(direction.lower()) if isinstance(direction, str) else None,
             "from_number": _text(payload.get("from")),
             "to_number": _text(payload.get("to")),
-            "raw": dict(data),
+            "raw": {**ledger_view(data, LEDGER_ENVELOPE), "payload": ledger_view(payload, LEDGER_PAYLOAD)},
         }
         if kind == EventType.SPEECH:
             fields.update(self._transcription_fields(payload))

@@ -71,6 +71,15 @@ HANGUP_CAUSES: dict[str, str] = {
 }
 UNKNOWN_HANGUP_CAUSE_REASON = "completed"
 
+# What the event ledger keeps of a webhook (envelope, then data.payload): enough to follow the call,
+# not the caller's name, custom SIP headers or our own client_state.
+LEDGER_ENVELOPE = ("id", "event_type", "occurred_at", "record_type")
+LEDGER_PAYLOAD = (
+    "call_control_id", "call_leg_id", "call_session_id", "direction", "from", "to", "state", "status",
+    "hangup_cause", "hangup_source", "sip_hangup_cause", "digit", "digits", "transcription_data",
+    "transcription", "is_final", "confidence",
+)
+
 # payload.direction → our direction.
 DIRECTIONS: dict[str, str] = {
     "incoming": "inbound",

@@ -117,14 +117,44 @@ def _ngrok_url_from(line: str) -> tuple[str | None, str | None]:
     return None, None
 
 
+def public_paths(config: VoiceCallConfig) -> tuple[str, ...] | None:
+    """The paths a tunnel may publish: the webhook (with and without a trailing slash) and, when
+    streaming, the media-stream path. None with ``tunnel.exposeAllPaths`` (publish everything)."""
+    if config.tunnel.expose_all_paths:
+        return None
+    webhook = config.serve.path.rstrip("/") or "/"
+    paths = [webhook, webhook + "/"] if webhook != "/" else ["/"]
+    if config.streaming.enabled:
+        paths.append(config.streaming.stream_path)
+    return tuple(dict.fromkeys(paths))
+
+
+def ngrok_policy(paths: tuple[str, ...]) -> dict[str, Any]:
+    """An ngrok Traffic Policy (agent ``--traffic-policy-file``) that answers 404 at ngrok's edge
+    for every path but ``paths``: the rest of the server is never reachable through the tunnel."""
+    allowed = ", ".join(json.dumps(p) for p in paths)
+    return {"on_http_request": [{
+        "name": "voicecall: only the carrier paths",
+        "expressions": [f"!(req.url.path in [{allowed}])"],
+        "actions": [{"type": "deny", "config": {"status_code": 404}}],
+    }]}
+
+
 def start_ngrok(
     *, port: int, path: str, auth_token: str | None = None, domain: str | None = None,
-    timeout: float = NGROK_STARTUP_TIMEOUT_SECONDS,
+    timeout: float = NGROK_STARTUP_TIMEOUT_SECONDS, only_paths: tuple[str, ...] | None = None,
+    policy_dir: Path | None = None,
 ) -> tuple[str, subprocess.Popen]:
-    """Start ngrok; return (public webhook URL, the running process). Raises ``ExposureError``."""
+    """Start ngrok; return (public webhook URL, the running process). Raises ``ExposureError``.
+    With ``only_paths`` the tunnel carries only those paths (a Traffic Policy written to
+    ``policy_dir``)."""
     args = ["ngrok", "http", str(port), "--log", "stdout", "--log-format", "json"]
     if domain:
         args += ["--domain", domain]
+    if only_paths is not None:
+        policy_file = (policy_dir or Path(".")) / "ngrok-traffic-policy.json"
+        policy_file.write_text(json.dumps(ngrok_policy(only_paths), indent=2))
+        args += ["--traffic-policy-file", str(policy_file)]
     env = {**os.environ}
     if auth_token:
         env["NGROK_AUTHTOKEN"] = auth_token
@@ -233,12 +263,19 @@ def start_exposure(config: VoiceCallConfig, *, ngrok_timeout: float = NGROK_STAR
     try:
         if tunnel == "ngrok":
             url, proc = start_ngrok(port=port, path=path, auth_token=config.tunnel.ngrok_auth_token,
-                                    domain=config.tunnel.ngrok_domain, timeout=ngrok_timeout)
+                                    domain=config.tunnel.ngrok_domain, timeout=ngrok_timeout,
+                                    only_paths=public_paths(config), policy_dir=_state_dir())
             logger.info("ngrok tunnel active: %s", url)
             return Exposure(webhook_url=url, source="ngrok", _stoppers=[lambda: _terminate(proc)])
         if tunnel in TUNNEL_TAILSCALE_MODES:
             mode = TUNNEL_TAILSCALE_MODES[tunnel]
-            return _tailscale_exposure(mode, path, f"http://127.0.0.1:{port}{path}", tunnel, tailscale_timeout)
+            exposure = _tailscale_exposure(mode, path, f"http://127.0.0.1:{port}{path}", tunnel, tailscale_timeout)
+            if config.streaming.enabled:  # Tailscale routes by path: the media stream needs its own
+                stream = config.streaming.stream_path
+                start_tailscale_route(mode=mode, path=stream, local_url=f"http://127.0.0.1:{port}{stream}",
+                                      timeout=tailscale_timeout)
+                exposure._stoppers.append(lambda: stop_tailscale_route(mode=mode, path=stream))
+            return exposure
         if config.tailscale.mode != "off":
             mode = config.tailscale.mode
             return _tailscale_exposure(mode, config.tailscale.path, f"http://127.0.0.1:{port}{path}",
@@ -247,6 +284,12 @@ def start_exposure(config: VoiceCallConfig, *, ngrok_timeout: float = NGROK_STAR
         logger.error("webhook exposure failed, falling back to %s: %s", local.webhook_url, exc)
         local.error = str(exc)
     return local
+
+
+def _state_dir() -> Path:
+    from django.conf import settings
+
+    return Path(settings.VAR_DIR)
 
 
 def _tailscale_exposure(mode: str, path: str, local_url: str, source: str, timeout: float) -> Exposure:

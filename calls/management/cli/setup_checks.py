@@ -25,7 +25,32 @@ def run_setup_checks() -> dict[str, Any]:
     checks.append(_check("provider-config", True, "credentials present"))
     checks.append(_webhook_exposure(config))
     checks.append(_check("mode", True, "streaming" if config.streaming.enabled else "carrier speech (no media stream)"))
-    return {"ok": all(c["ok"] for c in checks), "checks": checks}
+    return {"ok": all(c["ok"] for c in checks), "checks": checks, "warnings": deployment_warnings(config)}
+
+
+def deployment_warnings(config, environ=None) -> list[str]:
+    """What works but is probably not what a production deployment wants (setup prints WARN lines)."""
+    import os
+
+    from django.conf import settings
+
+    environ = os.environ if environ is None else environ
+    warnings: list[str] = []
+    security = config.webhook_security
+    if (security.trust_forwarding_headers or security.allowed_hosts) and not security.trusted_proxy_ips:
+        warnings.append(
+            "webhookSecurity trusts X-Forwarded-* headers from any client (trustForwardingHeaders or allowedHosts "
+            "without trustedProxyIPs): list your proxy's or tunnel's addresses in trustedProxyIPs"
+        )
+    scaled_out = bool(settings.REDIS_URL) or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3"
+    if scaled_out and not (environ.get("DJANGO_SECRET_KEY") or "").strip():
+        warnings.append(
+            "DJANGO_SECRET_KEY is not set, so this host uses its own generated var/django-secret-key: with several "
+            "hosts each derives different media-stream tokens and sessions; set the same DJANGO_SECRET_KEY on all"
+        )
+    if config.provider == "plivo" and config.plivo.allow_v2_signatures:
+        warnings.append("plivo.allowV2Signatures is on: V2-only requests are accepted, and V2 signs neither body nor query")
+    return warnings
 
 
 def _webhook_exposure(config) -> dict[str, Any]:

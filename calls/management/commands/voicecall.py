@@ -201,6 +201,8 @@ class Command(BaseCommand):
             self.stdout.write("Voice Call setup: OK" if report["ok"] else "Voice Call setup: needs attention")
             for check in report["checks"]:
                 self.stdout.write(f"{'OK' if check['ok'] else 'FAIL'} {check['id']}: {check['message']}")
+            for warning in report.get("warnings", []):
+                self.stdout.write(f"WARN {warning}")
         if not report["ok"]:
             sys.exit(1)
         return None
