@@ -22,8 +22,9 @@ run: venv
 	$(PY) manage.py ensure_admin
 	$(PY) manage.py voicecall serve
 
+# Two test processes, one per core; a test module stays on one process (its servers are shared).
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 lint: venv
 	$(PY) -m ruff check .
