@@ -9,7 +9,10 @@ database poll.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -45,17 +48,64 @@ def _redis():
 
 
 def publish_call_update(call_id: str) -> None:
-    """Tell every waiter on this call to re-read it. Safe to call when Redis is down (logged)."""
+    """Tell every waiter on this call to re-read it. Never blocks on Redis: the publish is handed to
+    this process's publisher thread (a slow or dead Redis delays only the wake-up; waiters still
+    re-check the database on their safety timer)."""
     call_id = str(call_id)
     with _local_condition:
         _local_versions[call_id] = _local_versions.get(call_id, 0) + 1
         _local_condition.notify_all()
-    client = _redis()
-    if client is not None:
+    if not settings.REDIS_URL:
+        return
+    _ensure_publisher()
+    try:
+        _pending.put_nowait(call_id)
+    except queue.Full:
+        logger.warning("call update for %s dropped: %d publishes waiting for Redis", call_id, PENDING_PUBLISHES)
+
+
+PENDING_PUBLISHES = 10_000
+FLUSH_AT_EXIT_SECONDS = 1.0
+_pending: queue.Queue[str] = queue.Queue(maxsize=PENDING_PUBLISHES)
+_publisher: tuple[int, threading.Thread] | None = None
+_publisher_lock = threading.Lock()
+
+
+def _ensure_publisher() -> None:
+    global _publisher
+    with _publisher_lock:
+        if _publisher is not None and _publisher[0] == os.getpid() and _publisher[1].is_alive():
+            return
+        thread = threading.Thread(target=_publish_forever, name="call-update-publisher", daemon=True)
+        thread.start()
+        _publisher = (os.getpid(), thread)
+
+
+def _publish_forever() -> None:
+    while True:
+        call_id = _pending.get()
         try:
-            client.publish(_channel(call_id), "1")
+            client = _redis()
+            if client is not None:
+                client.publish(_channel(call_id), "1")
         except Exception as exc:  # waiters still re-check the DB on their safety timer
             logger.warning("call update for %s not published to Redis: %s", call_id, exc)
+        finally:
+            _pending.task_done()
+
+
+def flush_call_updates(timeout: float = FLUSH_AT_EXIT_SECONDS) -> bool:
+    """Wait (up to ``timeout``) until every handed-over publish went out; True when none is left.
+    Runs at exit, so a CLI command's last update is not lost with its process."""
+    deadline = time.monotonic() + timeout
+    while _pending.unfinished_tasks:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+atexit.register(flush_call_updates)
 
 
 class CallUpdateWaiter:

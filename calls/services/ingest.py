@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from calls.config import VoiceCallConfig, get_config
@@ -175,6 +175,25 @@ def storable_event(event: NormalizedEvent) -> NormalizedEvent:
     return dataclasses.replace(event, **changes)
 
 
+def insert_unless_present(model, unique_field: str, values: dict[str, Any]) -> int | None:
+    """``INSERT ... ON CONFLICT (unique_field) DO NOTHING RETURNING id`` (PostgreSQL, SQLite 3.35+):
+    the new row's id, or None when a row with that unique value exists -- one statement, where a
+    savepoint around ``create`` and its ``IntegrityError`` cost three."""
+    fields = [model._meta.get_field(name) for name in values]
+    table = connection.ops.quote_name(model._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    params = [f.get_db_prep_save(values[f.name], connection) for f in fields]
+    conflict = connection.ops.quote_name(model._meta.get_field(unique_field).column)
+    placeholders = ", ".join(["%s"] * len(fields))
+    returning = connection.ops.quote_name("id")
+    # Identifiers come from the model's metadata, quoted; every value is a query parameter.
+    sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) ON CONFLICT ({conflict}) DO NOTHING RETURNING {returning}"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
 def apply_event(provider: Provider, event: NormalizedEvent) -> EventOutcome:
     """Apply one carrier event exactly once: dedupe, find or create the call, transition, transcript.
 
@@ -184,16 +203,15 @@ def apply_event(provider: Provider, event: NormalizedEvent) -> EventOutcome:
     event = storable_event(event)
     config = get_config()
     outcome = EventOutcome()
-    try:
-        with transaction.atomic():
-            ledger = CallEvent.objects.create(
-                provider=provider.name,
-                type=event.type.value,
-                dedupe_key=event.dedupe_key[:200],
-                provider_call_id=event.provider_call_id or "",
-                payload=_event_payload(event),
-            )
-    except IntegrityError:
+    ledger_id = insert_unless_present(CallEvent, "dedupe_key", {
+        "provider": provider.name,
+        "type": event.type.value,
+        "dedupe_key": event.dedupe_key[:200],
+        "provider_call_id": event.provider_call_id or "",
+        "payload": _event_payload(event),
+        "received_at": timezone.now(),
+    })
+    if ledger_id is None:
         outcome.duplicate = True
         return outcome
 
@@ -203,8 +221,7 @@ def apply_event(provider: Provider, event: NormalizedEvent) -> EventOutcome:
         if call is None:
             outcome.ignored = True
             return outcome
-    ledger.call = call
-    ledger.save(update_fields=["call"])
+    CallEvent.objects.filter(id=ledger_id).update(call=call)
     outcome.call = call
 
     if (
@@ -395,10 +412,11 @@ def process_webhook(
     config = get_config()
     parsed = provider.parse_webhook(request, request_key)
     with transaction.atomic():
-        try:
-            with transaction.atomic():
-                receipt = WebhookReceipt.objects.create(request_key=request_key[:200], provider=provider.name)
-        except IntegrityError:
+        receipt_id = insert_unless_present(WebhookReceipt, "request_key", {
+            "request_key": keys[0], "provider": provider.name, "status_code": 200, "content_type": "text/plain",
+            "body": "", "received_at": timezone.now(),
+        })
+        if receipt_id is None:  # a concurrent delivery of the same request got there first
             previous = WebhookReceipt.objects.filter(request_key__in=keys).first()
             return WebhookResult(_stored_reply(previous) if previous else WebhookReply(), replay=True)
         outcomes = [apply_event(provider, event) for event in parsed.events]
@@ -406,8 +424,7 @@ def process_webhook(
         if any(o.rejected for o in outcomes):
             reply = provider.rejected_reply(request)
         else:
-            if call is not None:
-                call.refresh_from_db()
+            # ``call`` is the row-locked instance every event was applied to: already current.
             call_snapshot = snapshot(call, config) if call else None
             # A call to be connected to a media stream carries the token its stream must present
             # (minted once per call by the media layer; a replay never gets here).
@@ -418,10 +435,9 @@ def process_webhook(
             reply = provider.render_reply(request, parsed, call_snapshot)
             if call is not None and reply.spoken_text:
                 _record_reply_speech(call, reply)
-        receipt.status_code = reply.status
-        receipt.content_type = reply.content_type
-        receipt.body = reply.body
-        receipt.save(update_fields=["status_code", "content_type", "body"])
+        WebhookReceipt.objects.filter(id=receipt_id).update(
+            status_code=reply.status, content_type=reply.content_type, body=reply.body
+        )
         for key in keys[1:]:
             WebhookReceipt.objects.get_or_create(
                 request_key=key,
