@@ -1,18 +1,28 @@
 """Django admin: the call ledger, transcripts, events and the inbound allowlist.
 
-Admin actions are thin: they call ``calls.services`` like every other interface.
+Admin actions are thin: they call ``calls.services`` like every other interface. The ledger is
+read-only here: a call changes only through services (speak, end), never by editing its row; there
+is no raw "add" of a call (a row nobody dials); events, transcripts, receipts and rejections cannot
+be added, edited or deleted; a call can be deleted only once it has ended, and only by a superuser
+(its transcript and events go with it). The allowlist is editable, validated as E.164, and can be
+imported from CSV.
 """
 
 from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import DurationField, ExpressionWrapper, F, QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.urls import path
 
 from calls import services
 from calls.models import AllowedCaller, Call, CallEvent, RejectedInboundCall, TranscriptEntry, WebhookReceipt
+from calls.services.records import E164
+from calls.state import LIVE_STATES
 
 
 class TranscriptInline(admin.TabularInline):
@@ -64,6 +74,19 @@ class SpeakForm(forms.Form):
     message = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}))
 
 
+class ReadOnlyLedgerAdmin(admin.ModelAdmin):
+    """Rows written by services only: viewable, never added, edited or deleted through admin."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(Call)
 class CallAdmin(admin.ModelAdmin):
     list_display = ("id", "direction", "state", "provider", "from_number", "to_number", "mode", "started_at",
@@ -80,6 +103,33 @@ class CallAdmin(admin.ModelAdmin):
     inlines = [TranscriptInline, CallEventInline]
     actions = ["end_calls", "speak_to_calls"]
     date_hierarchy = "started_at"
+
+    # --- ledger integrity ---------------------------------------------------------------------
+    def has_add_permission(self, request) -> bool:
+        return False  # a call is placed through services (CLI, RPC, tool), never inserted as a row
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # state, numbers and metadata change only through services (actions below)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        if not request.user.is_superuser:
+            return False
+        return obj is None or obj.is_terminal  # a live call's ledger stays
+
+    def get_deleted_objects(self, objs, request):
+        # An ended call takes its transcript and events with it; those rows have no delete
+        # permission of their own (they are never deleted one by one).
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        if request.user.is_superuser:
+            perms_needed = set()
+        return deleted, counts, perms_needed, protected
+
+    def delete_queryset(self, request, queryset: QuerySet) -> None:
+        live = queryset.filter(state__in=[s.value for s in LIVE_STATES])
+        if live.exists():
+            self.message_user(request, f"{live.count()} live call(s) kept: only ended calls can be deleted.",
+                              messages.WARNING)
+        queryset.exclude(pk__in=live.values("pk")).delete()
 
     @admin.display(description="auto-responder turns")
     def reply_latencies(self, obj: Call) -> str:
@@ -128,7 +178,7 @@ class CallAdmin(admin.ModelAdmin):
 
 
 @admin.register(TranscriptEntry)
-class TranscriptEntryAdmin(admin.ModelAdmin):
+class TranscriptEntryAdmin(ReadOnlyLedgerAdmin):
     list_display = ("timestamp", "call", "speaker", "text", "latency_ms", "interrupted")
     list_filter = ("speaker",)
     search_fields = ("text", "call__id")
@@ -136,17 +186,50 @@ class TranscriptEntryAdmin(admin.ModelAdmin):
 
 
 @admin.register(CallEvent)
-class CallEventAdmin(admin.ModelAdmin):
+class CallEventAdmin(ReadOnlyLedgerAdmin):
     list_display = ("received_at", "type", "provider", "call", "provider_call_id")
     list_filter = ("type", "provider")
     search_fields = ("dedupe_key", "provider_call_id", "call__id")
     readonly_fields = ("call", "provider", "type", "dedupe_key", "provider_call_id", "payload", "received_at")
 
-    def has_add_permission(self, request) -> bool:
-        return False
 
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
+class AllowedCallersCsvForm(forms.Form):
+    file = forms.FileField(label="CSV file", help_text="One caller per line: number,label[,enabled] -- "
+                           "number in E.164 (+15551234567); enabled is true/false (default true).")
+
+    MAX_BYTES = 1024 * 1024
+
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        if upload.size > self.MAX_BYTES:
+            raise forms.ValidationError("the file is larger than 1 MB")
+        try:
+            return upload.read().decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise forms.ValidationError("the file is not UTF-8 text") from None
+
+
+def parse_allowed_callers_csv(text: str) -> tuple[list[tuple[str, str, bool]], list[str]]:
+    """Rows to import and one error per bad line (``line N: ...``); nothing is imported when any
+    line is bad, so a half-applied list never surprises an operator."""
+    import csv
+    import io
+
+    rows, errors = [], []
+    for number_of_line, record in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not record or not "".join(record).strip() or record[0].strip().lower() == "number":
+            continue  # blank lines and a header row
+        number = record[0].strip()
+        label = record[1].strip() if len(record) > 1 else ""
+        enabled_text = record[2].strip().lower() if len(record) > 2 else "true"
+        if not E164.fullmatch(number):
+            errors.append(f"line {number_of_line}: number must be an E.164 number like +15551234567")
+            continue
+        if enabled_text not in ("true", "false", "1", "0", "yes", "no", ""):
+            errors.append(f"line {number_of_line}: enabled must be true or false")
+            continue
+        rows.append((number, label[:100], enabled_text in ("true", "1", "yes", "")))
+    return rows, errors
 
 
 @admin.register(AllowedCaller)
@@ -154,15 +237,42 @@ class AllowedCallerAdmin(admin.ModelAdmin):
     list_display = ("number", "label", "enabled", "created_at")
     list_filter = ("enabled",)
     search_fields = ("number", "label")
+    change_list_template = "admin/calls/allowedcaller/change_list.html"
+
+    def get_urls(self):
+        custom = [path("import-csv/", self.admin_site.admin_view(self.import_csv), name="calls_allowedcaller_import")]
+        return custom + super().get_urls()
+
+    def import_csv(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_add_permission(request) or not self.has_change_permission(request):
+            raise PermissionDenied
+        errors: list[str] = []
+        if request.method == "POST":
+            form = AllowedCallersCsvForm(request.POST, request.FILES)
+            if form.is_valid():
+                rows, errors = parse_allowed_callers_csv(form.cleaned_data["file"])
+                if not errors:
+                    with transaction.atomic():
+                        for number, label, enabled in rows:
+                            AllowedCaller.objects.update_or_create(number=number,
+                                                                   defaults={"label": label, "enabled": enabled})
+                    self.message_user(request, f"{len(rows)} allowed caller(s) imported.", messages.SUCCESS)
+                    return redirect("admin:calls_allowedcaller_changelist")
+        else:
+            form = AllowedCallersCsvForm()
+        return render(request, "admin/calls/allowedcaller/import_csv.html", {
+            **self.admin_site.each_context(request), "form": form, "errors": errors,
+            "opts": self.model._meta, "title": "Import allowed callers",
+        })
 
 
 @admin.register(RejectedInboundCall)
-class RejectedInboundCallAdmin(admin.ModelAdmin):
+class RejectedInboundCallAdmin(ReadOnlyLedgerAdmin):
     list_display = ("created_at", "provider", "provider_call_id", "from_number", "hangup_attempted", "hangup_error")
     readonly_fields = list_display
 
 
 @admin.register(WebhookReceipt)
-class WebhookReceiptAdmin(admin.ModelAdmin):
+class WebhookReceiptAdmin(ReadOnlyLedgerAdmin):
     list_display = ("received_at", "provider", "status_code", "request_key")
     readonly_fields = ("received_at", "provider", "status_code", "content_type", "body", "request_key")

@@ -1,6 +1,8 @@
 """Django admin: the ledger is visible and the actions go through services."""
 
 import pytest
+from django.contrib.auth.models import Permission
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from calls.models import AllowedCaller, Call
@@ -76,3 +78,51 @@ def test_call_page_shows_auto_responder_latencies_and_errors(staff):
     assert "#1: text 420 ms, audio 610 ms" in page
     assert "#2: text 1500 ms, audio 1650 ms (fallback)" in page
     assert "model did not answer within 1500ms" in page
+
+
+def test_a_call_row_cannot_be_added_or_edited_in_admin(staff):
+    call = AnsweredCallFactory(to_number="+15551112222")
+    assert staff.get(reverse("admin:calls_call_add")).status_code == 403
+    change_url = reverse("admin:calls_call_change", args=[call.id])
+    page = staff.get(change_url).content.decode()
+    assert 'name="to_number"' not in page and 'name="metadata"' not in page  # shown read-only
+    staff.post(change_url, {"to_number": "+15559999999", "mode": "notify", "metadata": "{}"})
+    call.refresh_from_db()
+    assert (call.to_number, call.mode) == ("+15551112222", "conversation")
+
+
+def test_only_ended_calls_can_be_deleted_and_only_by_a_superuser(staff, client, django_user_model):
+    live, ended = AnsweredCallFactory(), CallFactory(state="completed", provider_call_id="mock-gone")
+    TranscriptEntryFactory(call=live, text="still talking")
+    assert staff.get(reverse("admin:calls_call_delete", args=[live.id])).status_code == 403
+    staff.post(reverse("admin:calls_call_changelist"), {
+        "action": "delete_selected", "_selected_action": [live.pk, ended.pk], "post": "yes"})
+    assert list(Call.objects.values_list("id", flat=True)) == [live.id]
+    assert live.transcript.filter(text="still talking").exists()
+
+    operator = django_user_model.objects.create_user("operator", password="pw", is_staff=True)
+    operator.user_permissions.set(Permission.objects.filter(content_type__app_label="calls"))
+    client.force_login(operator)
+    other = CallFactory(state="completed", provider_call_id="mock-other")
+    assert client.get(reverse("admin:calls_call_delete", args=[other.id])).status_code == 403
+
+
+@pytest.mark.parametrize("model", ["transcriptentry", "callevent", "webhookreceipt", "rejectedinboundcall"])
+def test_ledger_rows_cannot_be_added_changed_or_deleted(staff, model):
+    assert staff.get(reverse(f"admin:calls_{model}_add")).status_code == 403
+    assert staff.get(reverse(f"admin:calls_{model}_changelist")).status_code == 200  # still viewable
+
+
+def test_allowed_callers_import_from_csv_all_or_nothing(staff):
+    url = reverse("admin:calls_allowedcaller_import")
+    assert "Import CSV" in staff.get(reverse("admin:calls_allowedcaller_changelist")).content.decode()
+    bad = SimpleUploadedFile("callers.csv", b"number,label\n+15551230001,Mum\n12345,Typo\n")
+    response = staff.post(url, {"file": bad})
+    assert response.status_code == 200
+    assert "line 3: number must be an E.164 number like +15551234567" in response.content.decode()
+    assert not AllowedCaller.objects.exists()
+
+    good = SimpleUploadedFile("callers.csv", b"number,label,enabled\n+15551230001,Mum\n+15551230002,Dad,false\n")
+    assert staff.post(url, {"file": good}).status_code == 302
+    assert set(AllowedCaller.objects.values_list("number", "label", "enabled")) == {
+        ("+15551230001", "Mum", True), ("+15551230002", "Dad", False)}
