@@ -18,8 +18,10 @@ from django.db.models import DurationField, ExpressionWrapper, F, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import path
+from django.utils.safestring import mark_safe
 
 from calls import services
+from calls.interfaces import console
 from calls.models import AllowedCaller, Call, CallEvent, RejectedInboundCall, TranscriptEntry, WebhookReceipt
 from calls.services.records import E164
 from calls.state import LIVE_STATES
@@ -104,9 +106,69 @@ class CallAdmin(admin.ModelAdmin):
     actions = ["end_calls", "speak_to_calls"]
     date_hierarchy = "started_at"
 
+    change_list_template = "admin/calls/call/change_list.html"
+
+    # --- the console: place a call, the live page, controls, the dashboard -------------------
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        custom = [
+            path("<uuid:object_id>/live.json", view(self._viewing(console.live_json)), name="calls_call_live"),
+            path("<uuid:object_id>/control/", view(self._viewing(console.control)), name="calls_call_control"),
+            path("<uuid:object_id>/continue/<uuid:operation_id>/", view(self._viewing(console.continue_result)),
+                 name="calls_call_continue_result"),
+        ]
+        return custom + super().get_urls()
+
+    def _viewing(self, function):
+        def guarded(request: HttpRequest, object_id, **kwargs):
+            if not self.has_view_permission(request):
+                raise PermissionDenied
+            return function(request, str(object_id), **{k: str(v) for k, v in kwargs.items()})
+
+        return guarded
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context=None) -> HttpResponse:
+        """"Place a call": the same service as ``voicecall call``, then the new call's live page."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        form = console.PlaceCallForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            call = form.place()
+            if call is not None:
+                self.message_user(request, f"Call {call.id} placed.", messages.SUCCESS)
+                return redirect("admin:calls_call_change", call.id)
+        return render(request, "admin/calls/call/place.html", {
+            **self.admin_site.each_context(request), "form": form, "opts": self.model._meta, "title": "Place a call",
+        })
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        """The live call page (read-only record, transcript, events, controls, live updates)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        call = Call.objects.filter(pk=object_id).first()
+        if call is None:
+            return redirect("admin:calls_call_changelist")
+        return render(request, "admin/calls/call/live.html", {
+            **self.admin_site.each_context(request), "opts": self.model._meta, "call": call,
+            "title": f"Call {call.id}", "initial_state": console.live_state(str(call.id)),
+            "original": call, "has_delete_permission": self.has_delete_permission(request, call),
+            "reply_latencies": self.reply_latencies(call),
+        })
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        data = console.dashboard_data()
+        extra = {
+            "dashboard": data,
+            "per_day_svg": mark_safe(console.calls_per_day_svg(data["perDay"])),  # noqa: S308 - built from numbers and escaped labels
+            "answer_svg": mark_safe(console.gauge_svg("Answer rate (outbound)", data["answerRate"])),  # noqa: S308
+            "latency_svg": mark_safe(console.latency_svg(data["turnLatency"]["p50"], data["turnLatency"]["p95"])),  # noqa: S308
+            **(extra_context or {}),
+        }
+        return super().changelist_view(request, extra)
+
     # --- ledger integrity ---------------------------------------------------------------------
     def has_add_permission(self, request) -> bool:
-        return False  # a call is placed through services (CLI, RPC, tool), never inserted as a row
+        return False  # no raw row: "Place a call" (add_view) goes through services
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # state, numbers and metadata change only through services (actions below)

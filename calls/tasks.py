@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from celery.signals import task_failure
 from kombu.exceptions import OperationalError
 
-from calls import services
+from calls import metrics, services
 from calls.services import effects
 from calls.services.effects import Effect
 from providers.base import ProviderError
@@ -102,6 +103,11 @@ def generate_reply(call_id: str, user_entry_id: int) -> None:
         services.generate_reply(call_id, user_entry_id)
     except services.ServiceError as exc:
         logger.warning("auto-reply on call %s not spoken: %s", call_id, exc)
+
+
+@task_failure.connect
+def _count_task_failure(sender=None, **_kwargs) -> None:
+    metrics.TASK_FAILURES.labels(getattr(sender, "name", "unknown")).inc()
 
 
 def _queue(task) -> effects.Handler:

@@ -84,3 +84,30 @@ def test_redis_channel_layer_round_trip_counts_as_ready(client, settings):
                                            "CONFIG": {"hosts": ["redis://127.0.0.1:6379/15"]}}}
     response = client.get("/readyz")
     assert response.json()["checks"]["channelLayer"] == "ok", response.json()
+
+
+def test_metrics_are_prometheus_text_and_need_the_token_from_off_host(client, settings):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from calls import metrics
+    from calls.interfaces.rpc_auth import rpc_token
+    from tests.factories import AnsweredCallFactory
+
+    AnsweredCallFactory(provider="mock")
+    metrics.WEBHOOKS.labels("mock", "accepted").inc()
+    local = client.get("/metrics")  # the test client is 127.0.0.1 with no forwarding header
+    assert local.status_code == 200 and local["Content-Type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(local.content.decode())}
+    assert {"voicecall_calls", "voicecall_webhooks", "voicecall_live_streams", "voicecall_outbound_frame_gap_seconds",
+            "voicecall_turn_latency_seconds"} <= set(families)
+    calls = {(s.labels["state"], s.labels["provider"]): s.value for s in families["voicecall_calls"].samples}
+    assert calls[("listening", "mock")] == 1
+    accepted = [s for s in families["voicecall_webhooks"].samples
+                if s.name == "voicecall_webhooks_total" and s.labels == {"provider": "mock", "outcome": "accepted"}]
+    assert accepted and accepted[0].value >= 1
+
+    forwarded = client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"})  # through a tunnel
+    assert forwarded.status_code == 401
+    with_token = client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9",
+                                                 "Authorization": f"Bearer {rpc_token()}"})
+    assert with_token.status_code == 200

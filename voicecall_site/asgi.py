@@ -10,8 +10,12 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voicecall_site.settings")
 django_asgi_app = get_asgi_application()
 
+from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import path  # noqa: E402
 
+from calls.interfaces.live import LiveCallConsumer  # noqa: E402
 from calls.interfaces.webhook_gate import WebhookGate, install_daphne_early_gate  # noqa: E402
 from calls.media.routing import websocket_urlpatterns  # noqa: E402
 
@@ -21,6 +25,11 @@ install_daphne_early_gate()
 application = ProtocolTypeRouter(
     {
         "http": WebhookGate(django_asgi_app),
-        "websocket": URLRouter(websocket_urlpatterns),
+        "websocket": URLRouter([
+            *websocket_urlpatterns,
+            # The operator console's live call page: a staff session, from this site's own pages only.
+            path("admin/calls/call/<uuid:call_id>/live/ws",
+                 AllowedHostsOriginValidator(AuthMiddlewareStack(LiveCallConsumer.as_asgi()))),
+        ]),
     }
 )

@@ -12,6 +12,7 @@ The voice-call behaviour itself is configured by the JSON5 file at ``$VOICECALL_
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import environ
@@ -21,6 +22,10 @@ env = environ.Env()
 
 VAR_DIR = Path(env.str("VOICECALL_VAR_DIR", default=str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
+# prometheus_client's multi-process mode (calls/metrics.py): every daphne and Celery process of this
+# installation writes its samples here, and GET /metrics adds them up.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "metrics"))
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 

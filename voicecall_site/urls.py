@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.urls import path
 
 from calls.config import ConfigError, get_config
-from calls.interfaces import health, rpc, tool, webhooks
+from calls.interfaces import health, metrics, rpc, tool, webhooks
 from calls.interfaces import pages as views
 
 try:
@@ -17,6 +17,7 @@ urlpatterns = [
     path(_webhook_path.strip("/"), webhooks.carrier_webhook, name="carrier-webhook"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("rpc", rpc.rpc_endpoint, name="rpc"),
     path("tools/voice_call", tool.voice_call_endpoint, name="tool-voice-call"),
     path("tools/voice_call/schema", tool.voice_call_schema, name="tool-voice-call-schema"),

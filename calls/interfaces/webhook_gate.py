@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+from calls import metrics
 from calls.config import ConfigError, VoiceCallConfig, get_config
 from calls.interfaces.limits import (
     GATE_SLOT_KEY,
@@ -270,6 +271,7 @@ def _log_refusal(status: int, reason: str, config: VoiceCallConfig | None) -> No
     level = logging.WARNING if status in (401, 408, 413, 429) else logging.INFO
     provider = config.provider if config is not None else "carrier"
     logger.log(level, "%s webhook refused with %s: %s", provider, status, reason)
+    metrics.WEBHOOKS.labels(provider, f"refused_{status}").inc()
 
 
 # --------------------------------------------------------------------------------------------------

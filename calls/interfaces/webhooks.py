@@ -18,7 +18,7 @@ import logging
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from calls import services
+from calls import metrics, services
 from calls.config import get_config
 from calls.interfaces.limits import (
     GATE_SLOT_KEY,
@@ -114,6 +114,7 @@ def carrier_webhook(request: HttpRequest) -> HttpResponse:
                     redact_url(wr.path + ("?" + wr.query_string if wr.query_string else "")),
                     verdict.reason or "no request key",
                 )
+                metrics.WEBHOOKS.labels(provider.name, "rejected_signature").inc()
                 return _plain(401, "Unauthorized")
             request_key, equivalent_keys = verdict.request_key, verdict.equivalent_keys
         # Verified (or exempt): the client's slot is for unverified requests only. A carrier's burst
@@ -122,16 +123,19 @@ def carrier_webhook(request: HttpRequest) -> HttpResponse:
         if not VERIFIED_LIMIT.acquire(timeout=VERIFIED_WAIT_S):
             logger.warning("%s webhook refused with 503: %d verified requests in process", provider.name,
                            VERIFIED_IN_FLIGHT)
+            metrics.WEBHOOKS.labels(provider.name, "unavailable").inc()
             return _plain(503, "Service Unavailable")
         try:
             result = services.process_webhook(provider, wr, request_key, equivalent_keys=equivalent_keys)
         except WebhookParseError as exc:
             logger.warning("%s webhook body rejected: %s", provider.name, exc)
+            metrics.WEBHOOKS.labels(provider.name, "rejected_body").inc()
             return _plain(400, "Bad Request")
         finally:
             VERIFIED_LIMIT.release()
         if result.replay:
             logger.info("%s webhook replay acknowledged without side effects", provider.name)
+        metrics.WEBHOOKS.labels(provider.name, "replay" if result.replay else "accepted").inc()
         reply = result.reply
         return HttpResponse(reply.body, status=reply.status, content_type=reply.content_type)
     finally:

@@ -45,7 +45,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from calls import services
+from calls import metrics, services
 from calls.config import get_config
 from calls.media import control as streams
 from calls.media.admission import ADMISSION, client_ip
@@ -267,6 +267,8 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             logger.warning("media stream of call %s has no speech input: %s", session.call_id, exc)
         self.lease_task = asyncio.get_running_loop().create_task(self._keep_lease())
         logger.info("media stream %s attached to call %s", start.stream_sid, session.call_id)
+        metrics.LIVE_STREAMS.inc()
+        self.counted_live = True
         _spawn(self._deliver_initial_message(), f"stream-greeting {session.call_id}")
 
     def _on_mark(self, message: dict[str, Any]) -> None:
@@ -449,6 +451,9 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         session = self.session
         if session is None:
             return
+        if getattr(self, "counted_live", False):
+            self.counted_live = False
+            metrics.LIVE_STREAMS.dec()
         dropped = self.playback.close() if self.playback is not None else []
         # Give the lease back first, so a reconnecting stream (any process) can take the call over.
         try:

@@ -16,11 +16,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from calls import metrics
 from providers.audio import FRAME_SECONDS, silence_frame
 from providers.tts import TelephonySynthesizer, TtsError
 from providers.twilio_stream import OutboundFrames
 
 logger = logging.getLogger(__name__)
+
+FRAME_GAP_SAMPLE_EVERY = 10  # one gap in ten frames feeds the histogram (mean of those ten)
 
 #: Send-buffer limit before a socket counts as stuck (fact sheet §5.4: 1 MiB). Overridable for
 #: links known to be slow (and for the back-pressure test) with VOICECALL_STREAM_MAX_SEND_BUFFER.
@@ -88,6 +91,7 @@ class Playback:
         self._silence = frames.media(silence_frame())
         self.closed = False
         self.frames_sent = 0
+        self._sampled_at: float | None = None
 
     @property
     def intro_active(self) -> bool:
@@ -154,6 +158,11 @@ class Playback:
                     next_at = loop.time()
                 await self._send(text)
                 self.frames_sent += 1
+                if self.frames_sent % FRAME_GAP_SAMPLE_EVERY == 0:
+                    now = loop.time()
+                    if self._sampled_at is not None:
+                        metrics.FRAME_GAP.observe((now - self._sampled_at) / FRAME_GAP_SAMPLE_EVERY)
+                    self._sampled_at = now
                 if (
                     self._probe is not None
                     and self.frames_sent % PROBE_EVERY_FRAMES == 0

@@ -47,6 +47,11 @@ def _redis():
         return _redis_client
 
 
+def local_version(call_id: str) -> int:
+    """How many updates this process has published for the call (a change means "re-read it")."""
+    return _local_versions.get(str(call_id), 0)
+
+
 def publish_call_update(call_id: str) -> None:
     """Tell every waiter on this call to re-read it. Never blocks on Redis: the publish is handed to
     this process's publisher thread (a slow or dead Redis delays only the wake-up; waiters still

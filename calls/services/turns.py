@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
+from calls import metrics
 from calls.config import get_config
 from calls.models import (
     Call,
@@ -187,6 +188,7 @@ def continue_call(call_id: str, message: str, *, timeout_ms: int | None = None) 
         metadata = dict(locked.metadata or {})
         metadata["turnCount"] = int(metadata.get("turnCount", 0)) + 1
         metadata["lastTurnLatencyMs"] = int((finished - started).total_seconds() * 1000)
+        metrics.TURN_LATENCY.observe((finished - started).total_seconds())
         metadata["lastTurnListenWaitMs"] = int((finished - listen_started).total_seconds() * 1000)
         metadata["lastTurnCompletedAt"] = epoch_ms(finished)
         metadata.setdefault("turnLatenciesMs", []).append(metadata["lastTurnLatencyMs"])
