@@ -10,7 +10,6 @@ runs exactly once: one answer command, one greeting.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
@@ -19,23 +18,12 @@ import pytest
 from calls.models import Call, PendingEffect
 from tests.conftest import REPO, child_env, free_port, wait_until, write_config
 from tests.fakes.telnyx import FakeTelnyx
-from tests.test_reliability_redis import PrivateRedis
 from tests.test_telnyx_calls import OUR_NUMBER, telnyx_document
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.real_worker]
 
 CALLER = "+15557770000"
 WAIT = 60.0
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not on PATH: this test stops and restarts a Redis server of its own")
-    redis = PrivateRedis(tmp_path / "redis")
-    redis.start()
-    yield redis
-    redis.stop()
 
 
 def test_a_follow_up_decided_while_the_broker_is_down_runs_once_after_it_returns(

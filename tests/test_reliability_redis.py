@@ -15,13 +15,8 @@ the call's record matches what the carrier saw.
 from __future__ import annotations
 
 import json
-import shutil
-import signal
-import subprocess
 import threading
-from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 from django.db import connections
@@ -30,64 +25,11 @@ from calls import services
 from calls.models import Call, CallEvent
 from calls.services import call_updates as notify
 from calls.services import turns
-from tests.conftest import free_port, run_cli, wait_for_port, wait_until
+from tests.conftest import free_port, run_cli, wait_until
 from tests.fakes.telnyx import FakeTelnyx
 from tests.test_telnyx_calls import CALLEE, telnyx_document
 
 WAIT = 45.0
-
-
-class PrivateRedis:
-    """A ``redis-server`` of this test's own on a free port, without persistence, restartable."""
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        log = (self.directory / f"redis-{self.starts}.log").open("w")
-        self.starts += 1
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        wait_for_port(self.port, proc=self.proc)
-
-    def kill(self) -> None:
-        """SIGKILL: connections drop, and everything Redis held (queues, unacked tasks) is gone."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-@pytest.fixture
-def private_redis(tmp_path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not on PATH: these tests restart a Redis server of their own")
-    redis = PrivateRedis(tmp_path / "redis")
-    redis.start()
-    yield redis
-    redis.stop()
 
 
 @pytest.fixture

@@ -33,13 +33,11 @@ def fake() -> Iterator[FakeTwilio]:
         yield fake
 
 
-@pytest.fixture(scope="module")
-def server(django_db_setup, tmp_path_factory, fake) -> Iterator[RunningServer]:
-    """One daphne for the module, configured for Twilio behind a tunnel at ``PUBLIC_URL``."""
-    tmp = tmp_path_factory.mktemp("twilio-gate")
+def _launch_daphne(directory, fake: FakeTwilio, log_name: str) -> RunningServer:
+    """A daphne for Twilio behind a tunnel at ``PUBLIC_URL`` (tasks inline), on a free port."""
     port = free_port()
-    config_path = write_config(tmp, twilio_config(fake, serve={"port": port}))
-    log = tmp / "daphne.log"
+    config_path = write_config(directory, twilio_config(fake, serve={"port": port}))
+    log = directory / log_name
     proc = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "voicecall_site.asgi:application"],
         cwd=REPO, env=child_env(config_path, {"VOICECALL_CELERY_EAGER": "1"}), stdout=log.open("w"),
@@ -47,6 +45,13 @@ def server(django_db_setup, tmp_path_factory, fake) -> Iterator[RunningServer]:
     )
     running = RunningServer(proc, port, log)
     wait_for_port(port, proc=proc)
+    return running
+
+
+@pytest.fixture(scope="module")
+def server(django_db_setup, tmp_path_factory, fake) -> Iterator[RunningServer]:
+    """One daphne for the module, configured for Twilio behind a tunnel at ``PUBLIC_URL``."""
+    running = _launch_daphne(tmp_path_factory.mktemp("twilio-gate"), fake, "daphne.log")
     fake.tunnel[PUBLIC_ORIGIN] = running.base_url
     yield running
     running.stop()
@@ -171,16 +176,7 @@ def _post_to(base_url: str, fake: FakeTwilio, url: str, params) -> int:
 @pytest.fixture
 def second_server(server, fake, tmp_path) -> Iterator[RunningServer]:
     """Another daphne process on the same database and config: a scaled-out deployment."""
-    port = free_port()
-    config_path = write_config(tmp_path, twilio_config(fake, serve={"port": port}))
-    log = tmp_path / "daphne-2.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "voicecall_site.asgi:application"],
-        cwd=REPO, env=child_env(config_path, {"VOICECALL_CELERY_EAGER": "1"}), stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    running = RunningServer(proc, port, log)
-    wait_for_port(port, proc=proc)
+    running = _launch_daphne(tmp_path, fake, "daphne-2.log")
     yield running
     running.stop()
 
