@@ -111,3 +111,35 @@ def test_metrics_are_prometheus_text_and_need_the_token_from_off_host(client, se
     with_token = client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9",
                                                  "Authorization": f"Bearer {rpc_token()}"})
     assert with_token.status_code == 200
+
+
+@pytest.mark.slow
+def test_serve_with_two_workers_runs_two_daphnes_on_one_port(tmp_path):
+    """``voicecall serve --workers 2``: two daphne processes share one listening socket; each
+    answers its own health probe, and the port keeps answering whichever takes the connection."""
+    import subprocess
+    import sys
+
+    import requests
+
+    from tests.conftest import REPO, child_env, wait_for_port, write_config
+
+    port = free_port()
+    config_path = write_config(tmp_path, {"provider": "mock", "serve": {"port": port}})
+    var_dir = tmp_path / "var"
+    proc = subprocess.Popen([sys.executable, "manage.py", "voicecall", "serve", "--no-worker", "--workers", "2"],
+                            cwd=REPO, env=child_env(config_path, {"VOICECALL_VAR_DIR": str(var_dir)}),
+                            stdout=(tmp_path / "serve.log").open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc=proc)
+        children = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(proc.pid)], capture_output=True,
+                                  text=True, check=True).stdout.splitlines()
+        daphnes = [line for line in children if "daphne --fd" in line]
+        assert len(daphnes) == 2, children
+        answers = [requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json() for _ in range(10)]
+        daphne_pids = {int(line.split()[0]) for line in daphnes}
+        assert all(a["ok"] for a in answers) and {a["pid"] for a in answers} <= daphne_pids
+        assert "with 2 daphne processes" in (tmp_path / "serve.log").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

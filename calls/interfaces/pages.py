@@ -1,5 +1,7 @@
 """Small pages: the home redirect and the liveness probe."""
 
+import os
+
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 
@@ -9,4 +11,5 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"ok": True})
+    """This process is up (``pid``: which of a host's daphne processes answered)."""
+    return JsonResponse({"ok": True, "pid": os.getpid()})

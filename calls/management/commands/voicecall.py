@@ -75,6 +75,9 @@ class Command(BaseCommand):
         add("restore", "re-check live calls with the carrier after a restart (serve does this at start)")
         p = add("serve", "run the server (daphne) with a Celery worker and beat")
         p.add_argument("--no-worker", action="store_true", help="do not start the Celery worker and beat")
+        p.add_argument("--workers", type=_positive_int, default=None,
+                       help="daphne processes sharing the port (default: the number of cores with REDIS_URL, "
+                            "else 1: the in-memory channel layer of the embedded setup is per process)")
         add("tool-schema", "print the voice_call agent tool's JSON schema (OpenAI function format)")
         p = add("expose", "route the webhook through Tailscale serve/funnel (or remove the route)")
         p.add_argument("--mode", choices=["off", "serve", "funnel"], default="funnel")
@@ -244,10 +247,10 @@ class Command(BaseCommand):
                                               "--concurrency=4", "--without-gossip", "--without-mingle"], env=env))
             children.append(subprocess.Popen([*base, "beat", "--loglevel=INFO",
                                               "-s", str(Path(settings.VAR_DIR) / "celerybeat-schedule")], env=env))
-        daphne = subprocess.Popen([sys.executable, "-m", "daphne", "-b", config.serve.bind, "-p",
-                                   str(config.serve.port), "voicecall_site.asgi:application"], env=env)
-        children.append(daphne)
+        workers = options.get("workers") or ((os.cpu_count() or 1) if settings.REDIS_URL else 1)
+        children.extend(_start_daphnes(config.serve.bind, config.serve.port, workers, env))
         self.stdout.write(f"Voicecall listening on http://{config.serve.bind}:{config.serve.port} "
+                          f"with {workers} daphne process{'es' if workers > 1 else ''} "
                           f"(webhook {config.serve.path}, provider {config.provider}; "
                           f"carrier webhooks to {exposure.webhook_url} via {exposure.source})")
         self.stdout.flush()
@@ -314,3 +317,25 @@ class Command(BaseCommand):
         if result["mode"] == "off":
             return result, f"Tailscale routes for {result['path']} removed."
         return result, f"Tailscale {result['mode']}: {result['publicUrl']} -> {result['localUrl']}"
+
+
+def _start_daphnes(bind: str, port: int, count: int, env: dict[str, str]) -> list[subprocess.Popen]:
+    """``count`` daphne processes serving one port. One process binds it itself; several share one
+    listening socket made here and handed to each (``daphne --fd``), and the kernel spreads new
+    connections over them. Each process has its own admission caps and answers its own probes."""
+    app = "voicecall_site.asgi:application"
+    if count == 1:
+        return [subprocess.Popen([sys.executable, "-m", "daphne", "-b", bind, "-p", str(port), app], env=env)]
+    import socket
+
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((bind, port))
+    listener.listen(1024)
+    listener.set_inheritable(True)
+    try:
+        return [subprocess.Popen([sys.executable, "-m", "daphne", "--fd", str(listener.fileno()), app], env=env,
+                                 pass_fds=(listener.fileno(),)) for _ in range(count)]
+    finally:
+        listener.close()  # the children hold it now
