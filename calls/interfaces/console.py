@@ -228,7 +228,7 @@ def calls_per_day_svg(per_day: dict[str, dict[str, int]], *, width: int = 720, h
     for outcome in (*OUTCOME_ORDER, "live"):
         parts.append(f'<rect x="{legend_x}" y="4" width="8" height="8" fill="{OUTCOME_COLOURS[outcome]}"/>'
                      f'<text x="{legend_x + 11}" y="12" font-size="10">{outcome}</text>')
-        legend_x += 11 + 7 * len(outcome) + 8
+        legend_x += 11 + 6 * len(outcome) + 8
     parts.append("</svg>")
     return "".join(parts)
 
