@@ -394,3 +394,45 @@ def test_an_expired_database_lease_can_be_taken_over(settings):
     call.save()
     assert not streams.has_live_stream(str(call.id))
     assert streams.claim_lease(str(call.id), "new-stream")
+
+
+class FastSynth:
+    """A TTS far faster than real time: 50 frames per chunk, as fast as the consumer takes them.
+    It records how much audio the utterance held each time it produced more."""
+
+    def __init__(self, chunks: int):
+        self.chunks = chunks
+        self.buffered: list[int] = []
+        self.utterance: Utterance | None = None
+
+    async def frames(self, text):
+        for _ in range(self.chunks):
+            if self.utterance is not None:
+                self.buffered.append(len(self.utterance.frames))
+            yield [bytes([7]) * 160] * 50
+
+
+def test_synthesis_runs_at_most_two_seconds_ahead_of_playback(monkeypatch):
+    from calls.media.playback import MAX_BUFFERED_FRAMES
+
+    monkeypatch.setattr("calls.media.playback.FRAME_SECONDS", 0.0005)
+
+    async def run():
+        sent: list[str] = []
+
+        async def send(text):
+            sent.append(text)
+
+        synth = FastSynth(chunks=20)  # 1,000 frames: 20 s of audio
+        playback = Playback(OutboundFrames("MZ1"), send, synth, on_failed=lambda u: None,
+                            on_stuck=lambda: None, probe=None)
+        utterance = Utterance(id="long", text="a long text", entry_id=1, initial=False)
+        synth.utterance = utterance
+        playback.enqueue(utterance)
+        while not any('"mark"' in m for m in sent):
+            await asyncio.sleep(0.001)
+        return sent, synth
+
+    sent, synth = asyncio.run(run())
+    assert sum(1 for m in sent if '"media"' in m and "BwcH" in m) == 1000  # every frame played, in order
+    assert max(synth.buffered) <= MAX_BUFFERED_FRAMES  # never more than ~2 s synthesized ahead

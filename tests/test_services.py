@@ -349,3 +349,14 @@ class TestRetention:
         TranscriptEntry.objects.create(call=call, speaker="bot", text="kept")
         assert services.prune_old_records()["transcripts"] == 0
         assert TranscriptEntry.objects.filter(call=call).exists()
+
+
+def test_an_ended_call_leaves_no_entry_in_the_in_process_update_map(django_capture_on_commit_callbacks):
+    from calls.services import call_updates
+
+    call = AnsweredCallFactory()
+    services.speak(str(call.id), "Hello")
+    assert call_updates.local_version(str(call.id)) > 0
+    with django_capture_on_commit_callbacks(execute=True):
+        services.end_call(str(call.id))
+    assert str(call.id) not in call_updates._local_versions

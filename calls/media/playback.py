@@ -23,6 +23,7 @@ from providers.twilio_stream import OutboundFrames
 
 logger = logging.getLogger(__name__)
 
+MAX_BUFFERED_FRAMES = 100  # 2 s of 20 ms frames synthesized ahead of playback, per utterance
 FRAME_GAP_SAMPLE_EVERY = 10  # one gap in ten frames feeds the histogram (mean of those ten)
 
 #: Send-buffer limit before a socket counts as stuck (fact sheet §5.4: 1 MiB). Overridable for
@@ -49,6 +50,7 @@ class Utterance:
     mark: str = ""
     task: asyncio.Task | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # audio arrived / synthesis ended
+    drained: asyncio.Event = field(default_factory=asyncio.Event)  # buffered audio fell under the bound
 
     async def wait_for_audio(self, timeout: float) -> bool:
         """Whether frames (or the end of synthesis) are there, waiting up to ``timeout`` for them."""
@@ -113,6 +115,11 @@ class Playback:
             async for frames in self.synthesizer.frames(utterance.text):
                 utterance.frames.extend(frames)
                 utterance.changed.set()
+                # At most ~2 s of audio ahead of playback: a TTS faster than real time waits here
+                # (and its HTTP body with it), so memory does not grow with the text's length.
+                while len(utterance.frames) > MAX_BUFFERED_FRAMES:
+                    utterance.drained.clear()
+                    await utterance.drained.wait()
         except TtsError as exc:
             utterance.error = str(exc)
         except Exception as exc:  # a vendor/library bug must not take the stream down
@@ -140,6 +147,8 @@ class Playback:
                 utterance = self.queue[0]
                 if utterance.frames:
                     text = self.frames.media(utterance.frames.popleft())
+                    if len(utterance.frames) <= MAX_BUFFERED_FRAMES:
+                        utterance.drained.set()
                     utterance.sent += 1
                 elif utterance.done:
                     self.queue.popleft()

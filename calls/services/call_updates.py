@@ -52,6 +52,14 @@ def local_version(call_id: str) -> int:
     return _local_versions.get(str(call_id), 0)
 
 
+def forget_call(call_id: str) -> None:
+    """Drop an ended call's in-process version (the map must not grow with every call ever made); a
+    waiter still watching sees the change and re-reads the database, finding the call ended."""
+    with _local_condition:
+        _local_versions.pop(str(call_id), None)
+        _local_condition.notify_all()
+
+
 def publish_call_update(call_id: str) -> None:
     """Tell every waiter on this call to re-read it. Never blocks on Redis: the publish is handed to
     this process's publisher thread (a slow or dead Redis delays only the wake-up; waiters still

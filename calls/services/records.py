@@ -17,7 +17,7 @@ from calls.config import VoiceCallConfig, get_config
 from calls.models import (
     Call,
 )
-from calls.services.call_updates import publish_call_update
+from calls.services.call_updates import forget_call, publish_call_update
 from calls.state import CONNECTED_STATES, END_REASONS, CallState, next_state
 from providers import get_provider
 from providers.base import (
@@ -156,4 +156,4 @@ def finalize(call: Call, reason: str, *, error: str | None = None) -> None:
         call.last_error = error[:2000]
     call.save()
     call_id = str(call.id)
-    transaction.on_commit(lambda: publish_call_update(call_id))
+    transaction.on_commit(lambda: (publish_call_update(call_id), forget_call(call_id)))
