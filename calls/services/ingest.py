@@ -54,6 +54,7 @@ from providers.base import (
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class EventOutcome:
     duplicate: bool = False

@@ -58,6 +58,7 @@ from providers.settings import configured_voice
 
 logger = logging.getLogger(__name__)
 
+
 def _capacity_lock() -> None:
     """Serialise the concurrency check across processes (SQLite transactions are IMMEDIATE already)."""
     if connection.vendor == "postgresql":

@@ -35,6 +35,7 @@ from providers.base import (
 
 logger = logging.getLogger(__name__)
 
+
 def reap_stale_calls() -> dict[str, int]:
     """End calls stuck before answer past ``staleCallReaperSeconds`` and answered calls past
     ``maxDurationSeconds`` (fact sheet §10). A live conversation is never reaped for staleness."""

@@ -12,6 +12,7 @@ from calls.services.records import epoch_ms, find_call
 
 logger = logging.getLogger(__name__)
 
+
 def call_to_dict(call: Call) -> dict[str, Any]:
     """The status ``call`` object (fact sheet §8.7) with the transcript."""
     return {

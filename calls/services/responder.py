@@ -23,6 +23,7 @@ from calls.services.turns import speak_now
 
 logger = logging.getLogger(__name__)
 
+
 def responder_settings(config: VoiceCallConfig, call: Call) -> dict[str, Any] | None:
     """Model, prompt and timeout for this call, or None when no auto-responder is configured.
 

@@ -52,6 +52,7 @@ from providers.base import (
 
 logger = logging.getLogger(__name__)
 
+
 def speak_now(call: Call, text: str, *, listen_after: bool, turn_token: str | None) -> int | None:
     """Hand text to the carrier and record it; returns the transcript line it wrote. Raises
     ServiceError if the carrier (or the live stream) refused."""
