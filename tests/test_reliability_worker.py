@@ -29,10 +29,9 @@ from calls import services
 from calls.models import Call
 from providers import get_provider
 from providers.base import OutboundCallRequest
-from tests.conftest import free_port, run_cli, wait_until
+from tests.conftest import PrivateRedis, free_port, run_cli, wait_until
 from tests.factories import CallFactory
 from tests.fakes.telnyx import FakeTelnyx
-from tests.test_reliability_redis import PrivateRedis, private_redis  # noqa: F401 - fixture
 from tests.test_telnyx_calls import CALLEE, OUR_NUMBER, WEBHOOK_PATH, telnyx_document
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -87,7 +86,7 @@ def _redelivered_place_call_result(tmp_path, index: int) -> str:
 @pytest.mark.slow
 @pytest.mark.real_worker
 def test_worker_killed_mid_dial_redelivery_after_the_carrier_answered_does_not_dial_again(
-    tmp_path, start_daphne, start_worker, private_redis  # noqa: F811
+    tmp_path, start_daphne, start_worker, private_redis
 ):
     with FakeTelnyx.running() as fake:
         config_path, env = _stack(fake, private_redis, tmp_path, start_daphne)
@@ -111,7 +110,7 @@ def test_worker_killed_mid_dial_redelivery_after_the_carrier_answered_does_not_d
 @pytest.mark.slow
 @pytest.mark.real_worker
 def test_worker_killed_mid_dial_redelivery_before_the_carrier_answered_fails_the_call_and_hangs_up_the_late_leg(
-    tmp_path, start_daphne, start_worker, private_redis  # noqa: F811
+    tmp_path, start_daphne, start_worker, private_redis
 ):
     with FakeTelnyx.running() as fake:
         config_path, env = _stack(fake, private_redis, tmp_path, start_daphne)
