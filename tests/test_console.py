@@ -10,6 +10,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
 from django.urls import reverse
+from django.utils import timezone
 
 from calls import services
 from calls.interfaces import console
@@ -87,7 +88,7 @@ def test_continue_control_starts_a_turn_whose_reply_is_polled(staff, monkeypatch
     monkeypatch.setattr(operations, "start_continue",
                         lambda **kw: ContinueOperation.objects.create(call_ref=kw["call_id"], message=kw["message"],
                                                                       poll_timeout_ms=1000,
-                                                                      deadline_at=operations.timezone.now()))
+                                                                      deadline_at=timezone.now()))
     started = post_json(staff, reverse("admin:calls_call_control", args=[call.id]), {"action": "continue",
                                                                                    "message": "Does five work?"})
     operation_id = started.json()["operationId"]
@@ -107,12 +108,12 @@ def test_control_refuses_unknown_actions_and_anonymous_users(client, staff):
 
 def test_dashboard_counts_active_calls_outcomes_answer_rate_and_latency(staff):
     AnsweredCallFactory(metadata={"turnLatenciesMs": [400, 800]})
-    CallFactory(state="completed", provider_call_id="mock-1", answered_at=console.timezone.now())
+    CallFactory(state="completed", provider_call_id="mock-1", answered_at=timezone.now())
     CallFactory(state="no-answer", provider_call_id="mock-2")
     data = console.dashboard_data()
     assert data["active"] == 1 and data["answered"] == 1 and data["outboundEnded"] == 2
     assert data["answerRate"] == 0.5 and data["turnLatency"] == {"p50": 400, "p95": 800, "count": 2}
-    today = console.timezone.now().date().isoformat()
+    today = timezone.now().date().isoformat()
     assert data["perDay"][today] == {"live": 1, "completed": 1, "no-answer": 1}
     page = staff.get(reverse("admin:calls_call_changelist")).content.decode()
     assert "Place a call" in page and page.count('class="vc-chart"') == 3 and 'class="vc-bar"' in page

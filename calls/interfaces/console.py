@@ -10,27 +10,18 @@ fallback. Everything here requires a staff login (``admin_site.admin_view``).
 from __future__ import annotations
 
 import json
-import math
-from datetime import timedelta
-from typing import Any
 
 from django import forms
-from django.db.models import Count
-from django.db.models.functions import TruncDate
 from django.http import HttpRequest, JsonResponse
-from django.utils import timezone
 
 from calls import services
 from calls.config import ConfigError
-from calls.models import Call, CallEvent, TranscriptEntry
 from calls.services import operations
 from calls.services.records import spoken_text
-from calls.state import LIVE_STATES, TERMINAL_STATES
+from calls.services.reports import OUTCOME_ORDER, dashboard_data, live_state  # noqa: F401 - the console's data
 
 CONTROL_ACTIONS = ("speak", "continue", "dtmf", "end")
 MAX_CONTROL_BODY = 16 * 1024
-OUTCOME_ORDER = ("completed", "hangup-user", "hangup-bot", "no-answer", "busy", "voicemail", "timeout",
-                 "failed", "error")
 
 
 class PlaceCallForm(forms.Form):
@@ -42,7 +33,7 @@ class PlaceCallForm(forms.Form):
     mode = forms.ChoiceField(label="Mode", choices=[("notify", "notify"), ("conversation", "conversation")],
                              initial="conversation")
 
-    def place(self) -> Call | None:
+    def place(self):
         """Place the call through ``services.initiate_call``; its refusal becomes a form error."""
         try:
             return services.initiate_call(to=self.cleaned_data["to"], message=self.cleaned_data["message"],
@@ -58,35 +49,6 @@ class PlaceCallForm(forms.Form):
 # --------------------------------------------------------------------------------------------------
 # The live page's data
 # --------------------------------------------------------------------------------------------------
-
-
-def _iso(value) -> str | None:
-    return value.isoformat() if value else None
-
-
-def live_state(call_id: str) -> dict[str, Any] | None:
-    """Everything the live page shows, as JSON: the call, its transcript (interrupted lines marked,
-    latency per line) and its event timeline."""
-    call = Call.objects.filter(id=call_id).first()
-    if call is None:
-        return None
-    transcript = [
-        {"id": e.id, "speaker": e.speaker, "text": e.text, "at": _iso(e.timestamp), "interrupted": e.interrupted,
-         "latencyMs": e.latency_ms, "final": e.is_final}
-        for e in TranscriptEntry.objects.filter(call=call).order_by("id")
-    ]
-    events = [
-        {"id": e.id, "type": e.type, "at": _iso(e.received_at)}
-        for e in CallEvent.objects.filter(call=call).order_by("received_at", "id")
-    ]
-    metadata = call.metadata or {}
-    return {
-        "callId": str(call.id), "state": call.state, "direction": call.direction, "mode": call.mode,
-        "provider": call.provider, "from": call.from_number, "to": call.to_number,
-        "startedAt": _iso(call.started_at), "answeredAt": _iso(call.answered_at), "endedAt": _iso(call.ended_at),
-        "endReason": call.end_reason or None, "lastError": call.last_error or None, "terminal": call.is_terminal,
-        "lastTurnLatencyMs": metadata.get("lastTurnLatencyMs"), "transcript": transcript, "events": events,
-    }
 
 
 def live_json(request: HttpRequest, object_id: str) -> JsonResponse:
@@ -148,47 +110,6 @@ def continue_result(request: HttpRequest, object_id: str, operation_id: str) -> 
 # --------------------------------------------------------------------------------------------------
 # Dashboard
 # --------------------------------------------------------------------------------------------------
-
-
-def _percentile(values: list[int], p: float) -> int | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[max(0, math.ceil(p / 100 * len(values)) - 1)]
-
-
-def dashboard_data(days: int = 30) -> dict[str, Any]:
-    """Active calls now, calls per day by outcome (last ``days``), answer rate, turn latency."""
-    now = timezone.now()
-    since = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    recent = Call.objects.filter(started_at__gte=since)
-    per_day: dict[str, dict[str, int]] = {}
-    day = since.date()
-    for _ in range(days):
-        per_day[day.isoformat()] = {}
-        day += timedelta(days=1)
-    rows = recent.annotate(day=TruncDate("started_at")).values("day", "state").annotate(n=Count("id"))
-    for row in rows:
-        outcome = row["state"] if row["state"] in {s.value for s in TERMINAL_STATES} else "live"
-        bucket = per_day.setdefault(row["day"].isoformat(), {})
-        bucket[outcome] = bucket.get(outcome, 0) + row["n"]
-    ended = recent.filter(state__in=[s.value for s in TERMINAL_STATES])
-    outbound_ended = ended.filter(direction="outbound")
-    answered = outbound_ended.filter(answered_at__isnull=False).count()
-    total_outbound = outbound_ended.count()
-    latencies = [v for v in TranscriptEntry.objects.filter(timestamp__gte=since, latency_ms__isnull=False)
-                 .values_list("latency_ms", flat=True)]
-    for metadata in recent.values_list("metadata", flat=True):
-        values = (metadata or {}).get("turnLatenciesMs")
-        if isinstance(values, list):
-            latencies.extend(v for v in values if isinstance(v, int))
-    return {
-        "active": Call.objects.filter(state__in=[s.value for s in LIVE_STATES]).count(),
-        "perDay": per_day,
-        "answerRate": (answered / total_outbound) if total_outbound else None,
-        "answered": answered, "outboundEnded": total_outbound,
-        "turnLatency": {"p50": _percentile(latencies, 50), "p95": _percentile(latencies, 95), "count": len(latencies)},
-    }
 
 
 OUTCOME_COLOURS = {
