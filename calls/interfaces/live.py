@@ -29,6 +29,11 @@ LOCAL_POLL_SECONDS = 0.2
 
 
 class LiveCallConsumer(AsyncJsonWebsocketConsumer):
+    # The page needs no channel layer (it wakes on call_updates): an alias with no configured layer
+    # makes channels skip it, so an open page holds no Redis channel receive that a refused or
+    # abandoned socket would leave behind.
+    channel_layer_alias = "voicecall-live-page-has-no-layer"
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_active or not user.is_staff:
