@@ -1,6 +1,6 @@
 """Webhook throughput and latency: signed Twilio status callbacks through real daphne into PostgreSQL.
 
-    .venv/bin/python bench/webhook_bench.py [--clients 1,16,64] [--requests 600] [--passes 2] [--db-pool]
+    .venv/bin/python bench/webhook_bench.py [--clients 1,16,64] [--requests 600] [--passes 2] [--unpooled]
 
 Needs PostgreSQL and Redis on 127.0.0.1. The script creates a throwaway database
 (``vc_bench_<pid>`` via ``--pg-url``, dropped at the end) and uses one Redis database of its own
@@ -38,10 +38,10 @@ Also reported per best pass, from /proc and ``pg_stat_database``: the machine's 
 per request in daphne (+ balancer), PostgreSQL (the whole server, so other work on the machine shows
 up there) and the load generator, and PostgreSQL sessions opened per request.
 
-``--db-pool`` adds a second set of daphne processes (direct, 1 and 4 behind their own balancers)
-running Django's psycopg connection pool through a settings module generated in the run's temp dir,
-measured interleaved with the configured set. It needs the ``psycopg-pool`` package, which is not a
-project dependency (bench/README.md shows how to make it importable without touching the venv).
+The configured server processes borrow PostgreSQL connections from Django's psycopg pool
+(``voicecall_site/asgi.py`` turns it on for ASGI processes). ``--unpooled`` adds a second set of
+daphne processes (direct, 1 and 4 behind their own balancers) with ``VOICECALL_DB_POOL=0`` -- a new
+PostgreSQL session per request, as before the pool -- measured interleaved with the configured set.
 
 Each cell is the best pass (highest requests/s) of ``--passes`` after a warm-up; latency percentiles
 are from that pass. Finishes by itself (``TIME_BUDGET_S``); prints Markdown tables for bench/README.md.
@@ -139,13 +139,6 @@ def server_versions(pg_url: str, redis_url: str) -> tuple[str, str]:
     return pg, rv
 
 
-# A settings module for the optional ``--db-pool`` daphne: Django 5.1+'s psycopg connection pool
-# (needs the psycopg-pool package, not a project dependency). Written into the run's temp dir.
-POOL_SETTINGS = '''from voicecall_site.settings import *  # noqa: F403
-DATABASES["default"]["CONN_MAX_AGE"] = 0
-DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 2, "max_size": 4, "timeout": 30}
-'''
-
 
 @dataclass(frozen=True)
 class ServerSet:
@@ -191,11 +184,6 @@ class Bench:
 
         from tests.fakes.twilio import FakeTwilio, twilio_config
 
-        if self.args.db_pool:
-            try:
-                import psycopg_pool  # noqa: F401
-            except ImportError:
-                raise SystemExit("--db-pool needs psycopg-pool: .venv/bin/pip install psycopg-pool==3.3.3") from None
         self.admin = admin_connect(self.args.pg_url)
         self.admin.execute(f'CREATE DATABASE "{self.db_name}"')
         self.db_created = True
@@ -231,12 +219,8 @@ class Bench:
         )
         self.configured = self._server_set("configured", self.env)
         self.pooled = None
-        if self.args.db_pool:
-            (self.tmp / "bench_pool_settings.py").write_text(POOL_SETTINGS)
-            self.pooled = self._server_set("pooled", {
-                **self.env, "DJANGO_SETTINGS_MODULE": "bench_pool_settings",
-                "PYTHONPATH": os.pathsep.join([str(self.tmp), self.env["PYTHONPATH"]]),
-            })
+        if self.args.unpooled:
+            self.pooled = self._server_set("unpooled", {**self.env, "VOICECALL_DB_POOL": "0"})
         self.meter = CpuMeter([proc.pid for proc in self.procs], self.db_sessions)
 
     def _server_set(self, name: str, env: dict[str, str]) -> ServerSet:
@@ -415,18 +399,17 @@ def report(bench: Bench, results: dict) -> None:
             print(f"| {clients} | {n} | {base.rps:,.0f} | {ours.rps:,.0f} | {lat(ours)} "
                   f"| {ours.rps / base.rps:.2f} | {scale} |")
     if bench.pooled:
-        print("\n`--db-pool`: the same measurements against a second set of daphne processes running Django's "
-              "psycopg connection pool (2..4 connections per process) instead of a new connection per request; "
-              "same run, interleaved.\n")
-        print("| path | clients | webhook req/s (configured) | p50 / p99 ms | webhook req/s (pooled) | p50 / p99 ms "
-              "| pooled / configured |")
+        print("\n`--unpooled`: the same measurements against a second set of daphne processes with "
+              "VOICECALL_DB_POOL=0 (a new PostgreSQL session per request); same run, interleaved.\n")
+        print("| path | clients | webhook req/s (pooled, as configured) | p50 / p99 ms | webhook req/s (unpooled) "
+              "| p50 / p99 ms | pooled / unpooled |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         rows = [("direct, 1 process", c, best["webhook"], best["pooled"]) for c, best in results["direct"].items()]
         rows += [(f"balanced, {n} process{'es' if n > 1 else ''}", c, best[f"webhook-{n}"], best[f"pooled-{n}"])
                  for c, best in results["balanced"].items() for n in (1, 4)]
-        for path, clients, ours, pooled in rows:
-            print(f"| {path} | {clients} | {ours.rps:,.0f} | {lat(ours)} | {pooled.rps:,.0f} | {lat(pooled)} "
-                  f"| {pooled.rps / ours.rps:.2f} |")
+        for path, clients, ours, unpooled in rows:
+            print(f"| {path} | {clients} | {ours.rps:,.0f} | {lat(ours)} | {unpooled.rps:,.0f} | {lat(unpooled)} "
+                  f"| {ours.rps / unpooled.rps:.2f} |")
     print("\nWhere the CPU went in those passes: share of both cores busy (whole machine), CPU ms per request in "
           "daphne (+ balancer), PostgreSQL (whole server) and the load generator, and PostgreSQL sessions opened "
           "per request.\n")
@@ -442,7 +425,7 @@ def report(bench: Bench, results: dict) -> None:
         cpu = result.cpu
         if cpu is None:
             continue
-        name = {"pooled": "webhook (pooled)"}.get(label, label)
+        name = {"pooled": "webhook (unpooled)"}.get(label, label)
         total = cpu.servers_ms + cpu.postgres_ms + cpu.client_ms
         print(f"| {path} | {clients} | {name} | {result.rps:,.0f} | {cpu.busy:.0%} | {cpu.servers_ms:.1f} "
               f"| {cpu.postgres_ms:.1f} | {cpu.client_ms:.1f} | {total:.1f} | {cpu.sessions:.2f} |")
@@ -469,8 +452,8 @@ def main() -> None:
     parser.add_argument("--clients", default="1,16,64", help="concurrent clients per level")
     parser.add_argument("--requests", type=int, default=600, help="requests per pass (a third with 1 client)")
     parser.add_argument("--passes", type=int, default=2)
-    parser.add_argument("--db-pool", action="store_true",
-                        help="also measure daphne processes using Django's psycopg pool (needs psycopg-pool installed)")
+    parser.add_argument("--unpooled", action="store_true",
+                        help="also measure daphne processes without the PostgreSQL connection pool")
     parser.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
                         help="admin connection used to create and drop the throwaway database")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")

@@ -143,3 +143,33 @@ def test_serve_with_two_workers_runs_two_daphnes_on_one_port(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_server_process_keeps_its_pooled_postgresql_session_across_requests(start_daphne):
+    """Under ASGI every request runs in a thread of its own; without the pool each one would open and
+    close a PostgreSQL session (settings.py). The server's sessions must outlive its requests."""
+    import requests
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the connection pool is PostgreSQL's (set DATABASE_URL to a PostgreSQL database)")
+    server = start_daphne({"provider": "mock"})
+
+    def server_sessions() -> set[int]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND application_name = 'voicecall-web'")
+            return {pid for (pid,) in cursor.fetchall()}
+
+    def ready() -> None:
+        answer = requests.get(f"{server.base_url}/readyz", timeout=10)
+        assert answer.status_code == 200, answer.text
+
+    ready()
+    first = server_sessions()
+    for _ in range(20):
+        ready()
+    assert first, "the server held no PostgreSQL session between requests"
+    assert first <= server_sessions()

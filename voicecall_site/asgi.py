@@ -8,6 +8,8 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voicecall_site.settings")
+# A server process pools its PostgreSQL connections (settings.py); VOICECALL_DB_POOL=0 turns it off.
+os.environ.setdefault("VOICECALL_DB_POOL", "1")
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402

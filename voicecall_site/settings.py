@@ -107,6 +107,17 @@ else:
     # already", found by bench/webhook_bench.py). ``?conn_max_age=N`` in DATABASE_URL still overrides.
     DATABASES["default"].setdefault("CONN_MAX_AGE", 0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # ASGI server processes (voicecall_site/asgi.py sets VOICECALL_DB_POOL=1) borrow connections from
+    # Django's psycopg pool instead: a new PostgreSQL session per request cost PostgreSQL about as much
+    # CPU as the whole request cost daphne (bench/README.md, webhooks). Celery's prefork children and
+    # the CLI keep one short-lived connection each (a pool must not be inherited across fork).
+    if env.bool("VOICECALL_DB_POOL", default=False) and DATABASES["default"]["CONN_MAX_AGE"] == 0:
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault("application_name", "voicecall-web")
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": 1,
+            "max_size": env.int("VOICECALL_DB_POOL_MAX_SIZE", default=16),
+            "timeout": 10,  # seconds a request waits for a free connection before it fails
+        }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -83,24 +83,30 @@ def dispatch(effect: Effect, *args: Any, delay: float | None = None) -> None:
 def after_commit(effect: Effect, *args: Any, delay: float | None = None) -> None:
     """Record ``effect`` in the outbox, in the current transaction (its own when there is none); it
     is dispatched when that commits and re-dispatched by beat until a dispatch succeeds."""
-    Effect(effect)  # an unknown effect is a bug here, not at dispatch time
-    with transaction.atomic():
+    effect = Effect(effect)  # an unknown effect is a bug here, not at dispatch time
+    # Inside the caller's transaction the row needs no savepoint of its own (it commits or rolls
+    # back with the decision); outside one, this block is its transaction.
+    with transaction.atomic(savepoint=False):
         row = PendingEffect.objects.create(effect=str(effect), args=list(args), delay_seconds=delay)
-        transaction.on_commit(lambda: _dispatch_row(row.id))
+        transaction.on_commit(lambda: _send(row.id, effect, row.args, delay))
 
 
-def _dispatch_row(row_id: int, *, remaining_delay: float | None = None, fresh: bool = True) -> bool:
-    """Dispatch one outbox row and mark it; a failure (broker down) is logged and left for beat."""
+def _dispatch_row(row_id: int, *, remaining_delay: float | None = None) -> bool:
+    """Re-send one stale outbox row (beat), unless it was dispatched meanwhile."""
     row = PendingEffect.objects.filter(id=row_id, dispatched_at__isnull=True).first()
     if row is None:
         return False
-    delay = row.delay_seconds if fresh else remaining_delay
+    return _send(row_id, Effect(row.effect), row.args, remaining_delay)
+
+
+def _send(row_id: int, effect: Effect, args: list[Any], delay: float | None) -> bool:
+    """Dispatch one outbox row and mark it; a failure (broker down) is logged and left for beat."""
     try:
-        dispatch(Effect(row.effect), *row.args, delay=delay)
+        dispatch(effect, *args, delay=delay)
     except DispatchFailed as exc:  # the broker is down: beat re-sends it
         PendingEffect.objects.filter(id=row_id).update(attempts=F("attempts") + 1, last_error=str(exc)[:2000])
         logger.warning("effect %s%s not dispatched (%s); it stays in the outbox and is re-sent by beat",
-                       row.effect, tuple(row.args), type(exc).__name__)
+                       effect, tuple(args), type(exc).__name__)
         return False
     PendingEffect.objects.filter(id=row_id).update(dispatched_at=timezone.now(), attempts=F("attempts") + 1)
     return True
@@ -119,7 +125,7 @@ def dispatch_pending(*, older_than_seconds: float = REDISPATCH_AFTER_SECONDS, li
         remaining = None
         if delay:
             remaining = max(0.0, delay - (now - created_at).total_seconds()) or None
-        if _dispatch_row(row_id, remaining_delay=remaining, fresh=False):
+        if _dispatch_row(row_id, remaining_delay=remaining):
             sent += 1
     if sent:
         logger.info("outbox: %d pending effect(s) re-dispatched", sent)

@@ -125,6 +125,8 @@ def _event_payload(event: NormalizedEvent) -> dict[str, Any]:
     return payload
 
 
+# What a progress event (initiated, ringing, answered, ...) changes on the call row.
+STATE_FIELDS = ["state", "updated_at"]
 # Events that say the carrier's leg is already gone (nothing left to hang up).
 LEG_GONE_EVENTS = frozenset({EventType.ENDED, EventType.ERROR})
 # Column limits of the ledger (calls/models.py).
@@ -204,6 +206,9 @@ def apply_event(provider: Provider, event: NormalizedEvent) -> EventOutcome:
     event = storable_event(event)
     config = get_config()
     outcome = EventOutcome()
+    # The call is locked before the ledger row is written, so the row is written with it (one
+    # statement instead of an insert and an update) and duplicates of one event queue on the call.
+    call = _find_call_for_event(provider.name, event)
     ledger_id = insert_unless_present(CallEvent, "dedupe_key", {
         "provider": provider.name,
         "type": event.type.value,
@@ -211,18 +216,18 @@ def apply_event(provider: Provider, event: NormalizedEvent) -> EventOutcome:
         "provider_call_id": event.provider_call_id or "",
         "payload": _event_payload(event),
         "received_at": timezone.now(),
+        "call": call.id if call is not None else None,
     })
     if ledger_id is None:
         outcome.duplicate = True
         return outcome
 
-    call = _find_call_for_event(provider.name, event)
     if call is None:
         call = _register_unknown_call(provider, event, outcome)
         if call is None:
             outcome.ignored = True
             return outcome
-    CallEvent.objects.filter(id=ledger_id).update(call=call)
+        CallEvent.objects.filter(id=ledger_id).update(call=call)
     outcome.call = call
 
     if (
@@ -309,20 +314,22 @@ def _apply_to_call(
     if call.is_terminal:
         return
     kind = event.type
+    # Progress events write only what they change (a status callback is the commonest request).
     if kind == EventType.INITIATED:
-        transition(call, CallState.INITIATED.value)
-        call.save()
+        if transition(call, CallState.INITIATED.value):
+            call.save(update_fields=STATE_FIELDS)
         if call.direction == Direction.INBOUND and provider.answers_inbound_by_rest:
             after_commit(Effect.ANSWER_INBOUND_CALL, call_id)
     elif kind == EventType.RINGING:
         if transition(call, CallState.RINGING.value):
-            call.save()
+            call.save(update_fields=STATE_FIELDS)
     elif kind == EventType.ANSWERED:
-        transition(call, CallState.ANSWERED.value)
+        changed = transition(call, CallState.ANSWERED.value)
         first_answer = call.answered_at is None
         if first_answer:
             call.answered_at = timezone.now()
-        call.save()
+        if changed or first_answer:
+            call.save(update_fields=[*STATE_FIELDS, "answered_at"])
         if first_answer:
             after_commit(Effect.ENFORCE_MAX_DURATION, call_id, delay=config.max_duration_seconds)
             if call.initial_message and not call.initial_message_delivered and not provider.speaks_initial_message_in_reply:
@@ -331,10 +338,10 @@ def _apply_to_call(
                 after_commit(Effect.START_LISTENING, call_id)
     elif kind == EventType.ACTIVE:
         if transition(call, CallState.ACTIVE.value):
-            call.save()
+            call.save(update_fields=STATE_FIELDS)
     elif kind == EventType.SPEAKING:
         if transition(call, CallState.SPEAKING.value):
-            call.save()
+            call.save(update_fields=STATE_FIELDS)
     elif kind == EventType.SPOKEN:
         if provider.reports_playback_end:
             if call.mode == Mode.NOTIFY and call.initial_message_delivered:
@@ -407,9 +414,12 @@ def process_webhook(
     reply and changes nothing. Raises ``WebhookParseError`` for bodies the carrier would never send.
     """
     keys = [request_key[:200], *(k[:200] for k in equivalent_keys if k and k != request_key)]
-    previous = WebhookReceipt.objects.filter(request_key__in=keys).first()
-    if previous is not None:
-        return WebhookResult(_stored_reply(previous), replay=True)
+    if len(keys) > 1:
+        # Only another version's key may have been stored (a V2-only copy of a V3-signed request):
+        # the receipt insert below could not see that one.
+        previous = WebhookReceipt.objects.filter(request_key__in=keys).first()
+        if previous is not None:
+            return WebhookResult(_stored_reply(previous), replay=True)
     config = get_config()
     parsed = provider.parse_webhook(request, request_key)
     with transaction.atomic():
@@ -417,7 +427,7 @@ def process_webhook(
             "request_key": keys[0], "provider": provider.name, "status_code": 200, "content_type": "text/plain",
             "body": "", "received_at": timezone.now(),
         })
-        if receipt_id is None:  # a concurrent delivery of the same request got there first
+        if receipt_id is None:  # a replay, or a concurrent delivery of the same request got there first
             previous = WebhookReceipt.objects.filter(request_key__in=keys).first()
             return WebhookResult(_stored_reply(previous) if previous else WebhookReply(), replay=True)
         outcomes = [apply_event(provider, event) for event in parsed.events]
