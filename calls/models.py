@@ -241,3 +241,17 @@ class PendingEffect(models.Model):
 
     def __str__(self) -> str:
         return f"{self.effect}{tuple(self.args)} ({'dispatched' if self.dispatched_at else 'pending'})"
+
+
+class StreamLease(models.Model):
+    """Which media-stream consumer holds a call's live stream, when there is no Redis
+    (``calls.media.control``): one small row per live stream, so the owner's refresh every few
+    seconds is one ``UPDATE`` of this row and never locks or rewrites the call."""
+
+    call = models.OneToOneField(Call, on_delete=models.CASCADE, primary_key=True, related_name="stream_lease")
+    owner = models.CharField(max_length=64)
+    stream_sid = models.CharField(max_length=64, blank=True, default="")
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"stream {self.stream_sid or '?'} of call {self.call_id} until {self.expires_at:%H:%M:%S}"

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import json
 import logging
@@ -135,6 +134,17 @@ class FinalTranscript:
 Callback = Callable[..., Awaitable[None]]
 
 
+def append_message(frames_b64: list[str]) -> str:
+    """``input_audio_buffer.append`` for these base64 frames. One frame (a live stream's normal
+    case) is spliced into the message text as it is -- base64 needs no JSON escaping; a backlog of
+    several (each with its own padding) is joined as audio and encoded once."""
+    if len(frames_b64) == 1:
+        audio = frames_b64[0]
+    else:
+        audio = base64.b64encode(b"".join(base64.b64decode(f) for f in frames_b64)).decode("ascii")
+    return '{"type":"input_audio_buffer.append","audio":"' + audio + '"}'
+
+
 class RealtimeTranscriber:
     """One realtime transcription session for one media stream.
 
@@ -158,7 +168,7 @@ class RealtimeTranscriber:
         self._on_partial = on_partial
         self.label = label
         self.ready = asyncio.Event()
-        self._queue: deque[bytes] = deque(maxlen=MAX_QUEUED_FRAMES)
+        self._queue: deque[str] = deque(maxlen=MAX_QUEUED_FRAMES)  # base64 frames
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closed = False
@@ -171,16 +181,13 @@ class RealtimeTranscriber:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"stt {self.label}")
 
     def push(self, payload_b64: str) -> None:
-        """Queue one base64 mu-law frame (already validated by the caller)."""
+        """Queue one base64 mu-law frame as it arrived (the caller validated it): a live stream's
+        frames go on to the vendor in the same base64 text, never decoded and re-encoded."""
         if self._closed:
-            return
-        try:
-            audio = base64.b64decode(payload_b64)
-        except (binascii.Error, ValueError):
             return
         if len(self._queue) == self._queue.maxlen:
             self.dropped_frames += 1
-        self._queue.append(audio)
+        self._queue.append(payload_b64)
         self._wakeup.set()
 
     async def close(self) -> None:
@@ -244,9 +251,8 @@ class RealtimeTranscriber:
             batch = []
             while self._queue and len(batch) < MAX_FRAMES_PER_APPEND:
                 batch.append(self._queue.popleft())
-            message = {"type": "input_audio_buffer.append", "audio": base64.b64encode(b"".join(batch)).decode("ascii")}
             try:
-                await ws.send(json.dumps(message))
+                await ws.send(append_message(batch))
             except websockets.exceptions.ConnectionClosed:
                 # Not sent: keep the audio for the next session.
                 self._queue.extendleft(reversed(batch))

@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from calls.config import config_from_dict
 from calls.media import control as streams
 from calls.media.playback import Playback, Utterance
+from calls.models import Call, StreamLease
 from providers import stt, tts
 from providers.audio import pcm16_to_mulaw
 from providers.twilio_stream import (
@@ -389,11 +392,25 @@ def test_an_expired_database_lease_can_be_taken_over(settings):
     settings.REDIS_URL = ""
     call = AnsweredCallFactory()
     assert streams.claim_lease(str(call.id), "dead-process")
-    call.refresh_from_db()
-    call.metadata[streams.LEASE_METADATA_KEY]["expiresAt"] = 0
-    call.save()
+    assert not streams.claim_lease(str(call.id), "new-stream")
+    StreamLease.objects.filter(call=call).update(expires_at=timezone.now() - timedelta(seconds=1))
     assert not streams.has_live_stream(str(call.id))
+    assert not streams.refresh_lease(str(call.id), "new-stream")  # not the holder
     assert streams.claim_lease(str(call.id), "new-stream")
+    assert not streams.refresh_lease(str(call.id), "dead-process")  # taken over
+    assert streams.refresh_lease(str(call.id), "new-stream")
+    assert StreamLease.objects.get(call=call).owner == "new-stream"
+
+
+@pytest.mark.django_db
+def test_a_database_lease_refresh_never_writes_the_call_row(settings, django_assert_num_queries):
+    settings.REDIS_URL = ""
+    call = AnsweredCallFactory()
+    assert streams.claim_lease(str(call.id), "stream-a", "MZ1")
+    before = Call.objects.get(id=call.id).updated_at
+    with django_assert_num_queries(1):
+        assert streams.refresh_lease(str(call.id), "stream-a")
+    assert Call.objects.get(id=call.id).updated_at == before
 
 
 class FastSynth:

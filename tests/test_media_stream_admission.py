@@ -15,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 
 from calls import services
 from calls.media import control as streams
-from calls.models import Call
+from calls.models import Call, StreamLease
 from tests.conftest import (
     wait_until,
 )
@@ -213,7 +213,7 @@ def test_a_peer_that_stops_reading_is_closed_and_the_reason_recorded(media, star
 def test_without_redis_the_lease_lives_on_the_call_row_and_the_greeting_still_plays(
     media, start_daphne, settings, monkeypatch
 ):
-    """The embedded setup: in-memory channel layer, lease in the call's metadata (DB)."""
+    """The embedded setup: in-memory channel layer, lease in a StreamLease row (DB)."""
     settings.REDIS_URL = ""
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     server = start_daphne(media.document, extra_env={"REDIS_URL": "", "VOICECALL_CELERY_EAGER": "1",
@@ -223,8 +223,8 @@ def test_without_redis_the_lease_lives_on_the_call_row_and_the_greeting_still_pl
     stream = open_stream(server, call)
     stream.wait_for(lambda: stream.marks(), what="the greeting's mark")  # spoken inside daphne
     assert len(stream.speech_frames(utterance_byte(greeting))) >= 18
-    lease = Call.objects.get(id=call.id).metadata[streams.LEASE_METADATA_KEY]
-    assert lease["streamSid"] == stream.stream_sid and streams.has_live_stream(str(call.id))
+    lease = StreamLease.objects.get(call_id=call.id)
+    assert lease.stream_sid == stream.stream_sid and streams.has_live_stream(str(call.id))
     duplicate = open_stream(server, call)
     assert duplicate.wait_closed() == 1008
     # Another process cannot reach an in-memory layer: reported, not silently dropped.
@@ -233,7 +233,7 @@ def test_without_redis_the_lease_lives_on_the_call_row_and_the_greeting_still_pl
         services.speak(str(call.id), "From outside")
     stream.send_stop(call.provider_call_id)
     wait_until(lambda: Call.objects.get(id=call.id).state == "hangup-bot", timeout=15)
-    assert streams.LEASE_METADATA_KEY not in Call.objects.get(id=call.id).metadata
+    assert not StreamLease.objects.filter(call_id=call.id).exists()
 
 
 def test_a_live_stream_answers_a_ping_from_another_process(media):

@@ -10,8 +10,10 @@ What a socket goes through (OpenClaw fact sheet §5; wire format in ``providers/
    cluster-wide (the lease in ``calls.media.control``).
 2. **start**: the CallSid must belong to a live call and the ``token`` parameter must match the one
    minted for it (timing-safe); a call that already has a live stream anywhere is refused. All
-   refusals close with 1008. On success the consumer joins the call's channel-layer group, opens the
-   realtime STT session and speaks the pending initial message.
+   refusals close with 1008. On success the consumer joins the call's channel-layer group, takes
+   the lease and claims the pending initial message in one database trip, starts playing that
+   greeting itself at once, and opens the realtime STT session (which queues the caller's audio
+   until it is connected).
 3. **Frames**: ``media`` goes to STT untouched (mu-law in, no transcoding), ``dtmf`` becomes a
    ``call.dtmf`` event, ``mark`` confirms an utterance played, ``stop`` ends the stream. Frames over
    64 KB, binary frames, malformed JSON and malformed base64 are ignored (counted) -- they never end
@@ -27,8 +29,9 @@ What a socket goes through (OpenClaw fact sheet §5; wire format in ``providers/
 
 The event loop never blocks: ORM work goes through ``database_sync_to_async`` on a small dedicated
 thread pool (so one slow query cannot stall every stream) and never per frame -- per stream, DB
-jobs run one at a time in order on a job queue, and that queue also carries the final clean-up, so
-it survives the consumer.
+jobs run one at a time in order on a bounded job queue (``StreamJobs``), which also carries the final
+clean-up, so it survives the consumer. The lease refresh every ``LEASE_REFRESH_SECONDS`` is one Redis
+script or one ``UPDATE`` of the lease row.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,7 +49,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from calls import metrics, services
+from calls import metrics
 from calls.config import get_config
 from calls.media import control as streams
 from calls.media.admission import ADMISSION, client_ip
@@ -70,8 +74,8 @@ logger = logging.getLogger(__name__)
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008  # missing callSid, unknown call / bad token, duplicate stream, start timeout
 CLOSE_TRY_AGAIN = 1013  # too many pending sockets; send buffer exceeded
-STT_READY_WAIT_S = 3.0  # the greeting waits this long for STT, so the caller's answer is heard
 DB_THREADS = 16
+MAX_QUEUED_JOBS = 256  # a stream's pending ORM jobs (marks, DTMF, transcripts): far above any real backlog
 
 BACKPRESSURE = "Backpressure: send buffer exceeded"
 
@@ -95,6 +99,58 @@ def _spawn(coro: Awaitable[Any], name: str) -> asyncio.Task:
     _background.add(task)
     task.add_done_callback(_background.discard)
     return task
+
+
+class StreamJobs:
+    """One stream's ORM work: run one job at a time, in order, off the event loop.
+
+    Bounded (``MAX_QUEUED_JOBS``): a stream whose database work falls that far behind drops new
+    jobs (counted and logged) rather than grow without limit. The final clean-up (``finish``) is
+    always taken, and the runner -- a task that may outlive the consumer -- ends after it.
+    """
+
+    def __init__(self, label: str, limit: int | None = None):
+        self.limit = limit or MAX_QUEUED_JOBS
+        self.dropped = 0
+        self._queue: deque[Callable[[], Awaitable[Any]]] = deque()
+        self._final: Callable[[], Awaitable[Any]] | None = None
+        self._finishing = False
+        self._wakeup = asyncio.Event()
+        self.task = _spawn(self._run(), label)
+
+    def add(self, factory: Callable[[], Awaitable[Any]]) -> bool:
+        if self._finishing:
+            return False
+        if len(self._queue) >= self.limit:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                logger.warning("media stream job queue full (%d): %d job(s) dropped", self.limit, self.dropped)
+            return False
+        self._queue.append(factory)
+        self._wakeup.set()
+        return True
+
+    def finish(self, factory: Callable[[], Awaitable[Any]]) -> None:
+        self._final, self._finishing = factory, True
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        while True:
+            while self._queue:
+                await self._run_one(self._queue.popleft())
+            if self._finishing:
+                if self._final is not None:
+                    await self._run_one(self._final)
+                return
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    @staticmethod
+    async def _run_one(factory: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            await factory()
+        except Exception:  # one failed write must not stop the stream's later writes
+            logger.exception("media stream job failed")
 
 
 @dataclass
@@ -122,7 +178,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self.lease_task: asyncio.Task | None = None
         self.playback: Playback | None = None
         self.stt: RealtimeTranscriber | None = None
-        self.jobs: asyncio.Queue | None = None
+        self.jobs: StreamJobs | None = None
         self.tts_problem = ""
         if not ADMISSION.open_socket(limits.max_connections):
             logger.warning("media stream from %s refused: %d connections open", self.client_ip, ADMISSION.open)
@@ -208,14 +264,22 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             await self._close(CLOSE_POLICY, "Missing callSid")
             return
         self.starting = True
+        synthesizer = None
+        try:
+            synthesizer = TelephonySynthesizer.from_settings(self.config.provider_settings)
+        except TtsUnavailable as exc:
+            self.tts_problem = str(exc)
         group = None
+        greeting = None
         try:
             session = await db(streams.check_start)(call_sid=start.call_sid, token=start.token)
             # Join the call's group before taking the lease: once the lease says "live stream", a
             # speak from any process must find us in the group.
             group = streams.group_name(session.call_id)
             await self.channel_layer.group_add(group, self.channel_name)
-            await db(streams.take_lease)(session.call_id, self.owner, start.stream_sid)
+            greeting = await db(streams.attach_stream)(
+                session.call_id, self.owner, start.stream_sid, speak_greeting=synthesizer is not None
+            )
         except streams.StreamRefused as exc:
             logger.warning("media stream %s for %s refused: %s", start.stream_sid, start.call_sid, exc)
             if group is not None:
@@ -224,28 +288,23 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             return
         finally:
             self.starting = False
-        if self.closing:  # the socket went away (or timed out) while we checked: give the lease back
+        if self.closing:  # the socket went away (or timed out) while we checked: give it all back
             await self.channel_layer.group_discard(group, self.channel_name)
-            await db(streams.release_lease)(session.call_id, self.owner)
+            await db(streams.detach_stream)(session.call_id, self.owner, greeting)
             return
         self.session = session
         self.stream_sid = start.stream_sid
         self._release_pending()
         if self.prestart_task is not None:
             self.prestart_task.cancel()
-        self.jobs = asyncio.Queue()
-        _spawn(self._run_jobs(self.jobs), f"stream-jobs {session.call_id}")
+        self.jobs = StreamJobs(f"stream-jobs {session.call_id}")
+        if synthesizer is None:
+            logger.warning("media stream of call %s has no speech output: %s", session.call_id, self.tts_problem)
         global _probe_warning_logged
         probe = compat.send_buffer_probe(self.base_send)
         if probe is None and not _probe_warning_logged:
             _probe_warning_logged = True
             logger.warning("media streams: no send-buffer probe for this server; back-pressure is not detected")
-        synthesizer = None
-        try:
-            synthesizer = TelephonySynthesizer.from_settings(self.config.provider_settings)
-        except TtsUnavailable as exc:
-            self.tts_problem = str(exc)
-            logger.warning("media stream of call %s has no speech output: %s", session.call_id, exc)
         self.playback = Playback(
             OutboundFrames(start.stream_sid),
             self._send_text,
@@ -254,6 +313,11 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             on_stuck=self._send_buffer_stuck,
             probe=probe,
         )
+        if greeting is not None:
+            # Straight to this socket's playback: no channel-layer round trip, no wait for STT (the
+            # transcriber queues the caller's audio until its session is up).
+            self.playback.enqueue(Utterance(id=uuid.uuid4().hex, text=greeting.text, entry_id=greeting.entry_id,
+                                            initial=greeting.initial))
         try:
             self.stt = RealtimeTranscriber(
                 stt_settings(self.config.provider_settings),
@@ -269,7 +333,6 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         logger.info("media stream %s attached to call %s", start.stream_sid, session.call_id)
         metrics.LIVE_STREAMS.inc()
         self.counted_live = True
-        _spawn(self._deliver_initial_message(), f"stream-greeting {session.call_id}")
 
     def _on_mark(self, message: dict[str, Any]) -> None:
         name = mark_name(message)
@@ -295,25 +358,14 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
     # --- jobs (ORM work, in order, off the loop) --------------------------------------------------------
     def _job(self, factory: Callable[[], Awaitable[Any]]) -> None:
         if self.jobs is not None:
-            self.jobs.put_nowait(factory)
-
-    @staticmethod
-    async def _run_jobs(queue: asyncio.Queue) -> None:
-        while True:
-            factory = await queue.get()
-            if factory is None:
-                return
-            try:
-                await factory()
-            except Exception:  # one failed write must not stop the stream's later writes
-                logger.exception("media stream job failed")
+            self.jobs.add(factory)
 
     async def _keep_lease(self) -> None:
         session = self.session
         while not self.closing:
             await asyncio.sleep(streams.LEASE_REFRESH_SECONDS)
             try:
-                held = await db(streams.claim_lease)(session.call_id, self.owner, self.stream_sid)
+                held = await db(streams.keep_lease)(session.call_id, self.owner, self.stream_sid)
             except Exception:
                 logger.exception("media stream lease refresh failed for call %s", session.call_id)
                 continue
@@ -321,20 +373,6 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                 logger.warning("media stream %s lost call %s to another stream", self.stream_sid, session.call_id)
                 await self._close(CLOSE_POLICY, streams.DUPLICATE_STREAM)
                 return
-
-    async def _deliver_initial_message(self) -> None:
-        session = self.session
-        if self.stt is not None:
-            try:
-                await asyncio.wait_for(self.stt.ready.wait(), STT_READY_WAIT_S)
-            except TimeoutError:
-                logger.info("greeting of call %s starts before STT is ready", session.call_id)
-        if self.closing:
-            return
-        try:
-            await db(services.deliver_initial_message)(session.call_id)
-        except services.ServiceError as exc:
-            logger.warning("initial message of call %s not delivered: %s", session.call_id, exc)
 
     # --- speech out -------------------------------------------------------------------------------
     async def _send_text(self, text: str) -> None:
@@ -479,5 +517,4 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                 await asyncio.sleep(streams.DISCONNECT_GRACE_S)
                 await db(streams.end_call_after_stream_loss)(session.call_id)
 
-        self._job(finish)
-        self.jobs.put_nowait(None)  # the job runner stops after the clean-up
+        self.jobs.finish(finish)  # always taken, however full the queue; the runner stops after it

@@ -15,9 +15,9 @@ domain's stream port (``calls.services.effects.StreamPort``) is bound to (``regi
   for sessions anyway). Minting is idempotent per call: a replayed or repeated webhook gets the
   same token, never a new one.
 * **Lease**: at most one live stream per call across the cluster. With ``REDIS_URL`` it is a Redis key
-  (``SET NX PX``, refreshed by its owner, compare-and-delete on release); without Redis it is a field
-  of the call's metadata (``mediaStream``) updated under the row lock. Leases expire after
-  ``LEASE_TTL_MS`` if their daphne process dies without releasing them.
+  (``SET NX PX``, refreshed by its owner, compare-and-delete on release); without Redis it is a row of
+  ``StreamLease`` (one per live stream: the refresh is one ``UPDATE`` of that row, never of the
+  call). Leases expire after ``LEASE_TTL_MS`` if their daphne process dies without releasing them.
 * **Control messages** (``speak``, ``hangup``, ``ping``) are sent to the call's group on transaction
   commit, each with an ``id`` and a reply channel; the consumer acknowledges. A speech message nobody
   acknowledges within ``ACK_TIMEOUT_S`` is reported (``ServiceError``), not silently dropped; a lost
@@ -48,15 +48,17 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 
 from calls import services
 from calls.config import get_config
-from calls.models import Call, Speaker, TranscriptEntry
+from calls.models import Call, Speaker, StreamLease, TranscriptEntry
 from calls.services import ingest, turns
 from calls.services.call_updates import publish_call_update
 from calls.services.effects import register_streams
@@ -69,7 +71,6 @@ logger = logging.getLogger(__name__)
 
 GROUP_PREFIX = "voicecall.stream."
 TOKEN_NONCE_KEY = "streamTokenNonce"  # noqa: S105 - a metadata key name, not a secret
-LEASE_METADATA_KEY = "mediaStream"
 LEASE_REDIS_PREFIX = "voicecall:stream-lease:"
 RECONNECTS_KEY = "streamReconnects"  # call metadata: streams that came back within the grace period
 LEASE_TTL_MS = 15_000
@@ -176,6 +177,10 @@ def _lease_key(call_id: str) -> str:
     return f"{LEASE_REDIS_PREFIX}{call_id}"
 
 
+def _lease_expiry():
+    return timezone.now() + timedelta(milliseconds=LEASE_TTL_MS)
+
+
 def claim_lease(call_id: str, owner: str, stream_sid: str = "") -> bool:
     """Take (or renew) the call's stream lease for ``owner``; False when another live stream has it."""
     client = _redis()
@@ -184,27 +189,33 @@ def claim_lease(call_id: str, owner: str, stream_sid: str = "") -> bool:
             return True
         return bool(client.eval(_REFRESH_LUA, 1, _lease_key(call_id), owner, LEASE_TTL_MS))
     with transaction.atomic():
-        call = Call.objects.select_for_update().filter(id=call_id).first()
-        if call is None:
+        lease = StreamLease.objects.select_for_update().filter(call_id=call_id).first()
+        if lease is None:
+            if not Call.objects.filter(id=call_id).exists():
+                return False
+            # A concurrent first claim of the same call loses on the primary key, as it should.
+            try:
+                with transaction.atomic():
+                    StreamLease.objects.create(call_id=call_id, owner=owner, stream_sid=stream_sid,
+                                               expires_at=_lease_expiry())
+            except IntegrityError:
+                return False
+            return True
+        if lease.owner != owner and lease.expires_at > timezone.now():
             return False
-        lease = (call.metadata or {}).get(LEASE_METADATA_KEY) or {}
-        if lease.get("owner") not in (None, owner) and int(lease.get("expiresAt") or 0) > _now_ms():
-            return False
-        sid = stream_sid or lease.get("streamSid") or ""
-        call.metadata = {
-            **(call.metadata or {}),
-            LEASE_METADATA_KEY: {"owner": owner, "streamSid": sid, "expiresAt": _now_ms() + LEASE_TTL_MS},
-        }
-        call.save(update_fields=["metadata", "updated_at"])
+        lease.owner, lease.expires_at = owner, _lease_expiry()
+        lease.stream_sid = stream_sid or lease.stream_sid
+        lease.save()
     return True
 
 
 def refresh_lease(call_id: str, owner: str) -> bool:
-    """Extend ``owner``'s lease; False when it was lost (expired and taken by another stream)."""
+    """Extend ``owner``'s lease; False when it was lost (expired and taken by another stream).
+    One statement either way: a Redis script, or one ``UPDATE`` of the lease row."""
     client = _redis()
     if client is not None:
         return bool(client.eval(_REFRESH_LUA, 1, _lease_key(call_id), owner, LEASE_TTL_MS))
-    return claim_lease(call_id, owner)
+    return StreamLease.objects.filter(call_id=call_id, owner=owner).update(expires_at=_lease_expiry()) == 1
 
 
 def release_lease(call_id: str, owner: str) -> None:
@@ -213,16 +224,7 @@ def release_lease(call_id: str, owner: str) -> None:
     if client is not None:
         client.eval(_RELEASE_LUA, 1, _lease_key(call_id), owner)
         return
-    with transaction.atomic():
-        call = Call.objects.select_for_update().filter(id=call_id).first()
-        if call is None:
-            return
-        lease = (call.metadata or {}).get(LEASE_METADATA_KEY) or {}
-        if lease.get("owner") == owner:
-            metadata = dict(call.metadata)
-            metadata.pop(LEASE_METADATA_KEY, None)
-            call.metadata = metadata
-            call.save(update_fields=["metadata", "updated_at"])
+    StreamLease.objects.filter(call_id=call_id, owner=owner).delete()
 
 
 def has_live_stream(call_id: str) -> bool:
@@ -230,9 +232,7 @@ def has_live_stream(call_id: str) -> bool:
     client = _redis()
     if client is not None:
         return bool(client.exists(_lease_key(str(call_id))))
-    metadata = Call.objects.filter(id=call_id).values_list("metadata", flat=True).first() or {}
-    lease = metadata.get(LEASE_METADATA_KEY) or {}
-    return bool(lease.get("owner")) and int(lease.get("expiresAt") or 0) > _now_ms()
+    return StreamLease.objects.filter(call_id=call_id, expires_at__gt=timezone.now()).exists()
 
 
 def check_start(*, call_sid: str, token: str | None) -> AdmittedStream:
@@ -252,6 +252,32 @@ def take_lease(call_id: str, owner: str, stream_sid: str) -> None:
     """Make ``owner`` the call's one live stream; ``StreamRefused`` if another stream holds it."""
     if not claim_lease(call_id, owner, stream_sid):
         raise StreamRefused(DUPLICATE_STREAM)
+
+
+def attach_stream(call_id: str, owner: str, stream_sid: str, *, speak_greeting: bool) -> turns.StreamGreeting | None:
+    """Everything a started stream needs from the database, in one trip off the event loop: take the
+    call's lease (``StreamRefused`` if another stream holds it) and, when the stream can speak,
+    claim the pending greeting for it to play at once."""
+    take_lease(call_id, owner, stream_sid)
+    if not speak_greeting:
+        return None
+    try:
+        return turns.claim_stream_greeting(call_id)
+    except Exception:
+        release_lease(call_id, owner)
+        raise
+
+
+def detach_stream(call_id: str, owner: str, greeting: turns.StreamGreeting | None) -> None:
+    """A stream that went away while it attached: the lease goes back, and an unplayed greeting with it."""
+    release_lease(call_id, owner)
+    if greeting is not None:
+        turns.withdraw_stream_greeting(call_id, greeting.entry_id)
+
+
+def keep_lease(call_id: str, owner: str, stream_sid: str) -> bool:
+    """The owner's periodic refresh; a lease that lapsed but nobody took is taken again."""
+    return refresh_lease(call_id, owner) or claim_lease(call_id, owner, stream_sid)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ class Utterance:
     text: str
     entry_id: int | None
     initial: bool
-    frames: deque[bytes] = field(default_factory=deque)
+    frames: deque[str] = field(default_factory=deque)  # ready-to-send media messages, 20 ms each
     done: bool = False  # synthesis finished (or failed)
     error: str | None = None
     sent: int = 0
@@ -112,8 +112,10 @@ class Playback:
 
     async def _synthesize(self, utterance: Utterance) -> None:
         try:
+            media = self.frames.media
             async for frames in self.synthesizer.frames(utterance.text):
-                utterance.frames.extend(frames)
+                # Built into the carrier's JSON text here, as audio arrives: the pacer only sends.
+                utterance.frames.extend(map(media, frames))
                 utterance.changed.set()
                 # At most ~2 s of audio ahead of playback: a TTS faster than real time waits here
                 # (and its HTTP body with it), so memory does not grow with the text's length.
@@ -146,7 +148,7 @@ class Playback:
             while self.queue and not self.closed:
                 utterance = self.queue[0]
                 if utterance.frames:
-                    text = self.frames.media(utterance.frames.popleft())
+                    text = utterance.frames.popleft()
                     if len(utterance.frames) <= MAX_BUFFERED_FRAMES:
                         utterance.drained.set()
                     utterance.sent += 1

@@ -254,6 +254,55 @@ class StreamUtterance:
     initial: bool  # the intro of an outbound conversation: not interruptible (fact sheet §5.5)
 
 
+@dataclass(frozen=True)
+class StreamGreeting:
+    """The pending initial message, claimed for the media stream that just attached."""
+
+    text: str
+    entry_id: int
+    initial: bool
+
+
+def claim_stream_greeting(call_id: str) -> StreamGreeting | None:
+    """Claim the call's undelivered initial message for its new media stream, in one transaction:
+    marked delivered (so no other path speaks it too), recorded as a bot line, and the call moved
+    on as a spoken line moves it (a conversation then listens). None when there is nothing to say.
+
+    The consumer that holds the stream plays it itself (``calls.media.consumer``), so the greeting
+    does not go round through the channel layer back to the same socket.
+    """
+    config = get_config()
+    with transaction.atomic():
+        locked = Call.objects.select_for_update().filter(id=call_id).first()
+        if locked is None or locked.is_terminal or locked.initial_message_delivered or not locked.initial_message:
+            return None
+        conversation = locked.mode == Mode.CONVERSATION
+        initial = (
+            locked.direction == Direction.OUTBOUND
+            and conversation
+            and not locked.transcript.filter(speaker=Speaker.BOT).exists()
+        )
+        locked.initial_message_delivered = True
+        transition(locked, CallState.SPEAKING.value)
+        if conversation:
+            transition(locked, CallState.LISTENING.value)
+        locked.save(update_fields=["initial_message_delivered", "state", "updated_at"])
+        entry = TranscriptEntry.objects.create(call=locked, speaker=Speaker.BOT, text=locked.initial_message)
+        if not conversation and not carrier(config).reports_playback_end:
+            after_commit(Effect.HANG_UP_AFTER_NOTIFY, call_id, delay=config.outbound.notify_hangup_delay_sec)
+    publish_call_update(call_id)
+    return StreamGreeting(text=entry.text, entry_id=entry.id, initial=initial)
+
+
+def withdraw_stream_greeting(call_id: str, entry_id: int) -> None:
+    """The stream that claimed the greeting went away before it could play: the line is taken back
+    and the greeting stays pending for the next stream (or the carrier) to speak."""
+    with transaction.atomic():
+        TranscriptEntry.objects.filter(id=entry_id, call_id=call_id, speaker=Speaker.BOT).delete()
+        Call.objects.filter(id=call_id, ended_at__isnull=True).update(initial_message_delivered=False)
+    publish_call_update(call_id)
+
+
 def begin_stream_utterance(call_id: str, text: str, *, turn_token: str | None) -> StreamUtterance:
     """Record a bot line about to be spoken on the call's stream and move the call to ``speaking``."""
     with transaction.atomic():

@@ -1,0 +1,137 @@
+"""The media engine's hot and start paths, piece by piece: the greeting claimed for a new stream,
+the bounded per-stream job queue, caller audio forwarded to STT as it arrived, prebuilt frames."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import pytest
+
+from calls.media.consumer import StreamJobs
+from calls.media.playback import Playback, Utterance
+from calls.models import Call, TranscriptEntry
+from calls.services import turns
+from providers.stt import append_message
+from providers.twilio_stream import OutboundFrames, media_payload
+from tests.factories import AnsweredCallFactory
+
+
+@pytest.mark.django_db
+def test_a_new_stream_claims_the_greeting_once_and_the_call_listens():
+    call = AnsweredCallFactory(initial_message="Hello there", initial_message_delivered=False, state="answered")
+    greeting = turns.claim_stream_greeting(str(call.id))
+    assert greeting is not None and greeting.text == "Hello there" and greeting.initial
+    assert turns.claim_stream_greeting(str(call.id)) is None  # a second stream, a retried task: nothing
+    call.refresh_from_db()
+    assert call.initial_message_delivered and call.state == "listening"
+    assert list(call.transcript.values_list("speaker", "text")) == [("bot", "Hello there")]
+
+
+@pytest.mark.django_db
+def test_a_greeting_withdrawn_by_a_vanished_stream_is_pending_again():
+    call = AnsweredCallFactory(initial_message="Hello there", initial_message_delivered=False)
+    greeting = turns.claim_stream_greeting(str(call.id))
+    turns.withdraw_stream_greeting(str(call.id), greeting.entry_id)
+    assert not Call.objects.get(id=call.id).initial_message_delivered
+    assert not TranscriptEntry.objects.filter(call=call).exists()
+    assert turns.claim_stream_greeting(str(call.id)).text == "Hello there"
+
+
+@pytest.mark.django_db
+def test_an_inbound_greeting_is_not_an_uninterruptible_intro():
+    call = AnsweredCallFactory(direction="inbound", initial_message="Welcome", initial_message_delivered=False)
+    assert turns.claim_stream_greeting(str(call.id)).initial is False
+
+
+def test_the_job_queue_is_bounded_runs_in_order_and_always_takes_the_final_job():
+    async def scenario():
+        gate = asyncio.Event()
+        ran: list[str] = []
+
+        def job(name, wait=False):
+            async def run():
+                if wait:
+                    await gate.wait()
+                ran.append(name)
+            return run
+
+        async def failing():
+            raise RuntimeError("a failed write")
+
+        jobs = StreamJobs("test", limit=3)
+        assert jobs.add(job("first", wait=True))
+        await asyncio.sleep(0)  # the runner takes "first" and blocks on the gate
+        accepted = [jobs.add(job(f"j{n}")) for n in range(5)]
+        jobs.add(failing)  # over the limit too
+        jobs.finish(job("final"))
+        assert not jobs.add(job("after the end"))
+        gate.set()
+        await asyncio.wait_for(jobs.task, 5)
+        return accepted, ran, jobs.dropped
+
+    accepted, ran, dropped = asyncio.run(scenario())
+    assert accepted == [True, True, True, False, False]
+    assert ran == ["first", "j0", "j1", "j2", "final"]
+    assert dropped == 3
+
+
+def test_a_failed_job_does_not_stop_the_later_ones():
+    async def scenario():
+        ran = []
+
+        async def failing():
+            raise RuntimeError("boom")
+
+        async def ok():
+            ran.append("ok")
+
+        jobs = StreamJobs("test")
+        jobs.add(failing)
+        jobs.add(ok)
+        jobs.finish(ok)
+        await asyncio.wait_for(jobs.task, 5)
+        return ran
+
+    assert asyncio.run(scenario()) == ["ok", "ok"]
+
+
+def test_one_caller_frame_reaches_stt_in_the_base64_text_it_arrived_in():
+    payload = base64.b64encode(bytes(range(160))).decode()
+    frame = json.dumps({"event": "media", "media": {"track": "inbound", "payload": payload}})
+    validated = media_payload(json.loads(frame))
+    message = append_message([validated])
+    assert validated == payload
+    assert message == '{"type":"input_audio_buffer.append","audio":"' + payload + '"}'
+    assert json.loads(message) == {"type": "input_audio_buffer.append", "audio": payload}
+
+
+def test_a_backlog_of_frames_is_one_append_of_the_joined_audio():
+    frames = [bytes([n]) * 160 for n in range(3)]  # 160 bytes: each base64 text ends in padding
+    message = json.loads(append_message([base64.b64encode(f).decode() for f in frames]))
+    assert base64.b64decode(message["audio"]) == b"".join(frames)
+
+
+def test_outbound_frames_are_built_when_audio_arrives_not_when_sent():
+    class Synth:
+        async def frames(self, text):
+            yield [b"\x01" * 160, b"\x02" * 160]
+
+    async def scenario():
+        frames = OutboundFrames("MZ" + "0" * 32)
+        sent = []
+
+        async def send(text):
+            sent.append(text)
+
+        playback = Playback(frames, send, Synth(), on_failed=lambda u: None, on_stuck=None, probe=None)
+        utterance = Utterance(id="u1", text="hi", entry_id=None, initial=False)
+        utterance.task = asyncio.get_running_loop().create_task(playback._synthesize(utterance))
+        await utterance.task
+        return frames, list(utterance.frames)
+
+    frames, queued = asyncio.run(scenario())
+    assert queued == [frames.media(b"\x01" * 160), frames.media(b"\x02" * 160)]
+    assert json.loads(queued[0]) == {"event": "media", "streamSid": "MZ" + "0" * 32,
+                                     "media": {"payload": base64.b64encode(b"\x01" * 160).decode()}}
