@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
@@ -216,6 +217,16 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         if self.pending:
             self.pending = False
             ADMISSION.remove_pending(self.client_ip)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch, without its ``aclose_old_connections()`` before every handler: that is
+        a hop to a database thread and back for each of a call's 50 inbound frames a second. This
+        consumer never uses the ORM on the event loop -- its database work runs through ``db()``
+        (``database_sync_to_async``, which closes stale connections in its own thread)."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     # --- inbound frames ----------------------------------------------------------------------------
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:

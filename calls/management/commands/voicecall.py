@@ -320,22 +320,36 @@ class Command(BaseCommand):
 
 
 def _start_daphnes(bind: str, port: int, count: int, env: dict[str, str]) -> list[subprocess.Popen]:
-    """``count`` daphne processes serving one port. One process binds it itself; several share one
-    listening socket made here and handed to each (``daphne --fd``), and the kernel spreads new
-    connections over them. Each process has its own admission caps and answers its own probes."""
+    """``count`` daphne processes serving one port. One process binds it itself; several get a
+    listening socket each, all bound to the port with ``SO_REUSEPORT`` (made here, handed over with
+    ``daphne --fd``), so the kernel spreads new connections evenly over them by their address hash
+    -- one socket shared by all let whichever process woke first take most (80 of 128 media streams
+    on one of two processes, bench/media_bench.py). Each process has its own admission caps and
+    answers its own probes."""
     app = "voicecall_site.asgi:application"
     if count == 1:
         return [subprocess.Popen([sys.executable, "-m", "daphne", "-b", bind, "-p", str(port), app], env=env)]
     import socket
 
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((bind, port))
-    listener.listen(1024)
-    listener.set_inheritable(True)
+    reuse_port = hasattr(socket, "SO_REUSEPORT")
+    listeners = []
+    children = []
     try:
-        return [subprocess.Popen([sys.executable, "-m", "daphne", "--fd", str(listener.fileno()), app], env=env,
-                                 pass_fds=(listener.fileno(),)) for _ in range(count)]
+        for _ in range(count if reuse_port else 1):
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            listener.bind((bind, port))
+            listener.listen(1024)
+            listener.set_inheritable(True)
+            listeners.append(listener)
+        for index in range(count):
+            fd = listeners[index % len(listeners)].fileno()
+            children.append(subprocess.Popen([sys.executable, "-m", "daphne", "--fd", str(fd), app], env=env,
+                                             pass_fds=(fd,)))
+        return children
     finally:
-        listener.close()  # the children hold it now
+        for listener in listeners:
+            listener.close()  # the children hold them now
