@@ -276,14 +276,14 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             return
         self.starting = True
         synthesizer = None
-        try:
-            synthesizer = TelephonySynthesizer.from_settings(self.config.provider_settings)
-        except TtsUnavailable as exc:
-            self.tts_problem = str(exc)
         group = None
         greeting = None
         try:
             session = await db(streams.check_start)(call_sid=start.call_sid, token=start.token)
+            try:  # after the check: a refused start costs nothing more
+                synthesizer = TelephonySynthesizer.from_settings(self.config.provider_settings)
+            except TtsUnavailable as exc:
+                self.tts_problem = str(exc)
             # Join the call's group before taking the lease: once the lease says "live stream", a
             # speak from any process must find us in the group.
             group = streams.group_name(session.call_id)

@@ -255,12 +255,22 @@ class StreamUtterance:
 
 
 @dataclass(frozen=True)
-class StreamGreeting:
+class StreamGreeting(StreamUtterance):
     """The pending initial message, claimed for the media stream that just attached."""
 
     text: str
-    entry_id: int
-    initial: bool
+
+
+def _is_outbound_intro(call: Call, text: str) -> bool:
+    """The first line of an outbound conversation, its initial message: the caller cannot cut it off
+    (fact sheet §5.5). ``call`` is row-locked by the caller."""
+    return (
+        call.direction == Direction.OUTBOUND
+        and call.mode == Mode.CONVERSATION
+        and bool(call.initial_message)
+        and text == call.initial_message
+        and not call.transcript.filter(speaker=Speaker.BOT).exists()
+    )
 
 
 def claim_stream_greeting(call_id: str) -> StreamGreeting | None:
@@ -277,11 +287,7 @@ def claim_stream_greeting(call_id: str) -> StreamGreeting | None:
         if locked is None or locked.is_terminal or locked.initial_message_delivered or not locked.initial_message:
             return None
         conversation = locked.mode == Mode.CONVERSATION
-        initial = (
-            locked.direction == Direction.OUTBOUND
-            and conversation
-            and not locked.transcript.filter(speaker=Speaker.BOT).exists()
-        )
+        initial = _is_outbound_intro(locked, locked.initial_message)
         locked.initial_message_delivered = True
         transition(locked, CallState.SPEAKING.value)
         if conversation:
@@ -291,7 +297,7 @@ def claim_stream_greeting(call_id: str) -> StreamGreeting | None:
         if not conversation and not carrier(config).reports_playback_end:
             after_commit(Effect.HANG_UP_AFTER_NOTIFY, call_id, delay=config.outbound.notify_hangup_delay_sec)
     publish_call_update(call_id)
-    return StreamGreeting(text=entry.text, entry_id=entry.id, initial=initial)
+    return StreamGreeting(entry_id=entry.id, initial=initial, text=entry.text)
 
 
 def withdraw_stream_greeting(call_id: str, entry_id: int) -> None:
@@ -309,13 +315,7 @@ def begin_stream_utterance(call_id: str, text: str, *, turn_token: str | None) -
         locked = Call.objects.select_for_update().get(id=call_id)
         if locked.is_terminal:
             raise ServiceError(CALL_HAS_ENDED)
-        initial = (
-            locked.direction == Direction.OUTBOUND
-            and locked.mode == Mode.CONVERSATION
-            and bool(locked.initial_message)
-            and text == locked.initial_message
-            and not locked.transcript.filter(speaker=Speaker.BOT).exists()
-        )
+        initial = _is_outbound_intro(locked, text)
         transition(locked, CallState.SPEAKING.value)
         locked.save()
         entry = TranscriptEntry.objects.create(call=locked, speaker=Speaker.BOT, text=text, turn_token=turn_token or "")
