@@ -32,6 +32,11 @@ class EventType(enum.StrEnum):
     DTMF = "call.dtmf"
     ENDED = "call.ended"
     ERROR = "call.error"
+    # The carrier's own reports about our media stream (Telnyx streaming.*, Plivo stream callbacks):
+    # kept in the ledger; a failed stream makes the call fall back to carrier speech.
+    STREAM_STARTED = "call.stream.started"
+    STREAM_STOPPED = "call.stream.stopped"
+    STREAM_FAILED = "call.stream.failed"
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,9 @@ class OutboundCallRequest:
     notify_hangup_delay_seconds: int
     voice: str | None = None
     language: str | None = None
+    # Set when the call is to be connected to our media stream (a carrier that requests it with the
+    # dial): the token the stream must present (calls.media.control mints it).
+    stream_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +226,10 @@ class Provider:
     #: after the end of the message instead of after the speak request, and a conversation starts
     #: listening only then, so the bot does not transcribe itself (Telnyx)
     reports_playback_end: ClassVar[bool] = False
+    #: how a call is connected to our media stream (``streaming.enabled``): ``"reply"`` -- the
+    #: webhook reply carries it (Twilio ``<Connect><Stream>``, Plivo ``<Stream>``); ``"request"`` --
+    #: the dial and the inbound answer request it (Telnyx ``stream_url``); ``""`` -- never (mock).
+    media_stream_offer: ClassVar[str] = ""
 
     def __init__(self, settings: ProviderSettings):
         self.settings = settings

@@ -244,6 +244,7 @@ class TwilioProvider(Provider):
     uses_turn_tokens = True
     speaks_initial_message_in_reply = True
     supports_dtmf = True
+    media_stream_offer = "reply"  # <Connect><Stream> in the webhook reply (providers/twilio_stream.py)
 
     def __init__(self, settings):
         super().__init__(settings)

@@ -18,6 +18,9 @@ Wire facts this module encodes:
 * Twilio strips query strings from the stream URL, so per-call data (our stream token) travels as a
   ``<Parameter>`` and arrives in ``start.customParameters``.
 
+The carrier-neutral parts (frame envelope, payload validation, ``StreamStart``, outbound templates)
+are in ``providers/media_stream.py``; this module is Twilio's column of that table.
+
 The TwiML hook for the Twilio provider: when a streaming call's webhook is answered with a stream,
 the provider returns ``stream_reply(self.settings, call.stream_token)`` (the token is minted by
 ``calls.media.control.mint_stream_token`` and carried on the ``CallSnapshot``); ``streaming_possible``
@@ -26,64 +29,34 @@ says whether a stream can be offered at all (otherwise the provider keeps its ``
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
+
+from providers import media_stream
+from providers.media_stream import (  # noqa: F401 - the Twilio names tests and callers use
+    MAX_INBOUND_FRAME_BYTES,
+    MalformedFrame,
+    StreamKind,
+    StreamStart,
+    media_payload,
+    parse_frame,
+    stream_url,
+    streaming_possible,
+)
 
 if TYPE_CHECKING:
     from providers.base import WebhookReply
     from providers.settings import ProviderSettings
 
 #: The ``<Parameter>`` name carrying our per-call token (fact sheet §3.1).
-TOKEN_PARAMETER = "token"  # noqa: S105 - a parameter name, not a secret
-#: A Twilio SID is two letters and 32 hex digits; we accept a little more but never markup or quotes.
-SID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-#: Largest inbound frame we parse (fact sheet §5.1: the upstream WS server's max frame is 64 KB).
-MAX_INBOUND_FRAME_BYTES = 64 * 1024
-
-
-@dataclass(frozen=True)
-class StreamStart:
-    """The fields of a ``start`` message we use."""
-
-    stream_sid: str
-    call_sid: str
-    token: str | None
-    custom_parameters: dict[str, str] = field(default_factory=dict)
-
-
-class MalformedFrame(ValueError):
-    """A frame that is not valid JSON / not a Twilio message: ignored without ending the call."""
+TOKEN_PARAMETER = media_stream.TOKEN_PARAMETER
 
 
 # --------------------------------------------------------------------------------------------------
 # TwiML
 # --------------------------------------------------------------------------------------------------
-
-
-def stream_url(settings: ProviderSettings) -> str | None:
-    """``wss://{publicUrl host}{streamPath}``: the origin of ``publicUrl`` (https -> wss, http -> ws)
-    plus ``streaming.streamPath``. None when no public URL is known (Twilio cannot reach us)."""
-    if not settings.public_url:
-        return None
-    parts = urlsplit(settings.public_url)
-    scheme = "wss" if parts.scheme == "https" else "ws"
-    return f"{scheme}://{parts.netloc}{settings.streaming.stream_path}"
-
-
-def streaming_possible(settings: ProviderSettings) -> bool:
-    """A call can be offered a media stream: streaming enabled, a public URL, and telephony TTS that
-    can speak over it (without TTS the call keeps Twilio's own ``<Say>`` voice)."""
-    if not settings.streaming.enabled or stream_url(settings) is None:
-        return False
-    from providers.tts import telephony_tts_problem
-
-    return telephony_tts_problem(settings) is None
 
 
 def stream_twiml(url: str, token: str) -> str:
@@ -119,18 +92,6 @@ def stream_reply(settings: ProviderSettings, token: str) -> WebhookReply:
 # --------------------------------------------------------------------------------------------------
 
 
-def parse_frame(text: str) -> dict[str, Any]:
-    """Decode one text frame; raises ``MalformedFrame`` for anything that is not a JSON object with a
-    string ``event``."""
-    try:
-        message = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise MalformedFrame("not JSON") from exc
-    if not isinstance(message, dict) or not isinstance(message.get("event"), str):
-        raise MalformedFrame("not a media stream message")
-    return message
-
-
 def parse_start(message: dict[str, Any], query_token: str | None = None) -> StreamStart | None:
     """The ``start`` fields, or None when ``callSid``/``streamSid`` are missing or not SID-shaped.
 
@@ -139,53 +100,28 @@ def parse_start(message: dict[str, Any], query_token: str | None = None) -> Stre
     start = message.get("start")
     if not isinstance(start, dict):
         return None
-    call_sid = start.get("callSid")
-    stream_sid = message.get("streamSid") or start.get("streamSid")
-    if not isinstance(call_sid, str) or not SID_PATTERN.match(call_sid):
-        return None
-    if not isinstance(stream_sid, str) or not SID_PATTERN.match(stream_sid):
+    call_sid = media_stream.carrier_id(start.get("callSid"))
+    stream_sid = media_stream.carrier_id(message.get("streamSid") or start.get("streamSid"))
+    if call_sid is None or stream_sid is None:
         return None
     raw_params = start.get("customParameters")
     params = {str(k): str(v) for k, v in raw_params.items()} if isinstance(raw_params, dict) else {}
     token = params.get(TOKEN_PARAMETER) or query_token
-    return StreamStart(stream_sid=stream_sid, call_sid=call_sid, token=token or None, custom_parameters=params)
-
-
-def media_payload(message: dict[str, Any]) -> str | None:
-    """The base64 mu-law payload of a ``media`` message, validated; None when malformed.
-
-    Only the inbound track carries the caller (Twilio streams only that track on ``<Connect>``).
-    The validated base64 text is returned unchanged so it can be forwarded without re-encoding.
-    """
-    media = message.get("media")
-    if not isinstance(media, dict):
-        return None
-    track = media.get("track")
-    if track is not None and track not in ("inbound", "inbound_track"):
-        return None
-    payload = media.get("payload")
-    if not isinstance(payload, str) or not payload:
-        return None
-    try:
-        base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return payload
+    media_format = start.get("mediaFormat") if isinstance(start.get("mediaFormat"), dict) else {}
+    return StreamStart(
+        stream_id=stream_sid, carrier_call_id=call_sid, token=token or None, custom_parameters=params,
+        media_problem=media_stream.mulaw_format_problem(
+            media_format.get("encoding"), media_format.get("sampleRate"), ("audio/x-mulaw",)),
+    )
 
 
 def mark_name(message: dict[str, Any]) -> str | None:
-    mark = message.get("mark")
-    name = mark.get("name") if isinstance(mark, dict) else None
-    return name if isinstance(name, str) and name else None
+    return media_stream.nested_name(message, "mark")
 
 
 def dtmf_digit(message: dict[str, Any]) -> str | None:
     """The digit of a ``dtmf`` message (``0-9``, ``*``, ``#``), else None."""
-    dtmf = message.get("dtmf")
-    digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
-    if isinstance(digit, str) and len(digit) == 1 and digit in "0123456789*#":
-        return digit
-    return None
+    return media_stream.nested_digit(message)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,25 +129,39 @@ def dtmf_digit(message: dict[str, Any]) -> str | None:
 # --------------------------------------------------------------------------------------------------
 
 
-class OutboundFrames:
-    """Pre-built JSON for one stream's outbound messages (sent 50 times a second, so no json.dumps
-    per media frame: the fixed parts are encoded once and the base64 payload needs no escaping)."""
+class OutboundFrames(media_stream.OutboundFrames):
+    """``media`` / ``mark`` / ``clear`` with exactly the documented keys (extra keys fail the stream)."""
 
     def __init__(self, stream_sid: str):
         self.stream_sid = stream_sid
         sid = json.dumps(stream_sid)
-        self._media_prefix = '{"event":"media","streamSid":' + sid + ',"media":{"payload":"'
-        self._clear = '{"event":"clear","streamSid":' + sid + "}"
-        self._mark_prefix = '{"event":"mark","streamSid":' + sid + ',"mark":{"name":'
+        super().__init__(
+            media_prefix='{"event":"media","streamSid":' + sid + ',"media":{"payload":"', media_suffix='"}}',
+            mark_prefix='{"event":"mark","streamSid":' + sid + ',"mark":{"name":', mark_suffix="}}",
+            clear='{"event":"clear","streamSid":' + sid + "}",
+        )
 
-    def media(self, mulaw: bytes) -> str:
-        return self._media_prefix + base64.b64encode(mulaw).decode("ascii") + '"}}'
 
-    def media_b64(self, payload_b64: str) -> str:
-        return self._media_prefix + payload_b64 + '"}}'
+class TwilioStreamWire(media_stream.StreamWire):
+    """Twilio Media Streams, bidirectional (``<Connect><Stream>``): Twilio plays what it gets at once,
+    so audio is paced at real time (``send_ahead_seconds = 0``)."""
 
-    def mark(self, name: str) -> str:
-        return self._mark_prefix + json.dumps(name) + "}}"
+    carrier = "twilio"
+    kinds = {
+        "connected": StreamKind.CONNECTED, "start": StreamKind.START, "media": StreamKind.MEDIA,
+        "mark": StreamKind.PLAYED, "dtmf": StreamKind.DTMF, "stop": StreamKind.STOP,
+    }
 
-    def clear(self) -> str:
-        return self._clear
+    def parse_start(self, message: dict[str, Any], query: Mapping[str, str]) -> StreamStart | None:
+        start = parse_start(message, query.get(TOKEN_PARAMETER))
+        if start is None:
+            return None
+        # A callId next to the token (our own <Parameter>, or the URL query) saves a lookup by CallSid.
+        call_id = media_stream.our_call_id(start.custom_parameters.get(media_stream.CALL_ID_PARAMETER)
+                                           or query.get(media_stream.CALL_ID_PARAMETER))
+        return StreamStart(stream_id=start.stream_id, carrier_call_id=start.carrier_call_id, token=start.token,
+                           call_id=call_id, custom_parameters=start.custom_parameters,
+                           media_problem=start.media_problem)
+
+    def outbound(self, start: StreamStart) -> OutboundFrames:
+        return OutboundFrames(start.stream_id)

@@ -419,12 +419,21 @@ def test_mock_needs_nothing():
     assert config_from_dict({"provider": "mock"}, env=NO_ENV).from_number is None
 
 
-def test_streaming_requires_twilio():
+def test_streaming_requires_a_carrier_with_media_streams():
     assert errors_of({"streaming": {"enabled": True}}) == [
-        "streaming.enabled: requires provider twilio (media streams are Twilio-only)"
+        "streaming.enabled: requires provider twilio, telnyx or plivo "
+        "(provider mock has no media streams; it speaks and listens as text only)"
     ]
-    cfg = config_from_dict({**TWILIO_OK, "streaming": {"enabled": True}}, env=NO_ENV)
-    assert cfg.streaming.enabled is True
+    carriers = {
+        "twilio": TWILIO_OK,
+        "telnyx": {"provider": "telnyx", "fromNumber": "+15550001111", "skipSignatureVerification": True,
+                   "telnyx": {"apiKey": "KEY123", "connectionId": "123"}},
+        "plivo": {"provider": "plivo", "fromNumber": "+15550001111",
+                  "plivo": {"authId": "MA0123456789ABCDEFGH", "authToken": "plivo-secret"}},
+    }
+    for name, document in carriers.items():
+        cfg = config_from_dict({**document, "streaming": {"enabled": True}}, env=NO_ENV)
+        assert (cfg.provider, cfg.streaming.enabled) == (name, True)
 
 
 def test_cross_field_errors_are_prefixed_in_wrapper_form():

@@ -327,7 +327,7 @@ def test_inbound_stream_messages_are_validated():
     start = parse_frame(json.dumps({"event": "start", "streamSid": "MZ1", "start": {
         "callSid": "CA1", "customParameters": {"token": "t1", "other": "x"}}}))
     parsed = parse_start(start)
-    assert (parsed.call_sid, parsed.stream_sid, parsed.token) == ("CA1", "MZ1", "t1")
+    assert (parsed.carrier_call_id, parsed.stream_id, parsed.token) == ("CA1", "MZ1", "t1")
     no_param = parse_frame(json.dumps({"event": "start", "streamSid": "MZ1", "start": {"callSid": "CA1"}}))
     assert parse_start(no_param, "from-query").token == "from-query"
     assert parse_start({"event": "start", "streamSid": "MZ1", "start": {"callSid": "<script>"}}) is None

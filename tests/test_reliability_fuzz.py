@@ -516,7 +516,7 @@ def test_stream_frames_either_parse_to_a_message_or_raise_malformed_frame(frame:
         return
     assert isinstance(message, dict) and isinstance(message["event"], str)
     start = parse_start(message, query_token=None)
-    assert start is None or (isinstance(start.call_sid, str) and isinstance(start.stream_sid, str))
+    assert start is None or (isinstance(start.carrier_call_id, str) and isinstance(start.stream_id, str))
     payload = media_payload(message)
     assert payload is None or base64.b64decode(payload, validate=True) is not None
     assert mark_name(message) is None or isinstance(mark_name(message), str)

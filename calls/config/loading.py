@@ -107,6 +107,8 @@ ALWAYS_ENV_FALLBACKS: tuple[tuple[tuple[str, ...], str], ...] = (
 
 # Credentials each provider needs when the plugin is enabled: (config path, env var or None).
 # telnyx.publicKey is handled separately because skipSignatureVerification waives it.
+# Carriers with bidirectional media streams (providers/media_stream.py); the mock is text-only.
+STREAMING_PROVIDERS = ("twilio", "telnyx", "plivo")
 PROVIDER_REQUIREMENTS: dict[str, tuple[tuple[tuple[str, ...], str | None], ...]] = {
     "twilio": (
         (("fromNumber",), "TWILIO_FROM_NUMBER"),
@@ -313,9 +315,10 @@ def _cross_field_errors(data: dict[str, Any], prefix: str) -> list[str]:
         required(("telnyx", "publicKey"), "TELNYX_PUBLIC_KEY", " unless skipSignatureVerification is true")
 
     streaming = data.get("streaming")
-    if isinstance(streaming, dict) and streaming.get("enabled") is True and provider != "twilio":
+    if isinstance(streaming, dict) and streaming.get("enabled") is True and provider not in STREAMING_PROVIDERS:
         errors.append(
-            f"{join_key(prefix, 'streaming.enabled')}: requires provider twilio (media streams are Twilio-only)"
+            f"{join_key(prefix, 'streaming.enabled')}: requires provider twilio, telnyx or plivo "
+            f"(provider {provider} has no media streams; it speaks and listens as text only)"
         )
     return errors
 

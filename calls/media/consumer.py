@@ -1,6 +1,10 @@
-"""The Twilio media-stream endpoint: one Channels consumer per WebSocket at ``streaming.streamPath``.
+"""The media-stream endpoint: one Channels consumer per WebSocket at ``streaming.streamPath``.
 
-What a socket goes through (OpenClaw fact sheet §5; wire format in ``providers/twilio_stream.py``):
+One engine for every carrier with media streams: the configured provider's ``StreamWire``
+(``providers/media_stream.py``: Twilio, Telnyx, Plivo) turns its frames into start / media / played /
+DTMF / stop and builds our audio, mark and clear frames; everything else here is carrier-neutral.
+
+What a socket goes through (OpenClaw fact sheet §5):
 
 1. **Admission** (§5.2, ``calls.media.admission``). Over ``streaming.maxConnections`` the upgrade is
    refused (daphne answers a refused upgrade with HTTP 403 -- it has no way to send upstream's 503).
@@ -8,18 +12,20 @@ What a socket goes through (OpenClaw fact sheet §5; wire format in ``providers/
    closed with 1013; a pending socket without a valid ``start`` within ``preStartTimeoutMs`` is
    closed with 1008. **All these caps are per daphne process**; only "one stream per call" is
    cluster-wide (the lease in ``calls.media.control``).
-2. **start**: the CallSid must belong to a live call and the ``token`` parameter must match the one
-   minted for it (timing-safe); a call that already has a live stream anywhere is refused. All
-   refusals close with 1008. On success the consumer joins the call's channel-layer group, takes
+2. **start**: the carrier's call id (or our call id from the stream URL) must belong to a live call
+   of this carrier, the ``token`` must match the one minted for it (timing-safe) and the announced
+   audio must be mu-law 8 kHz; a call that already has a live stream anywhere is refused. All
+   refusals close with 1008, before any call audio is sent. On success the consumer joins the call's channel-layer group, takes
    the lease and claims the pending initial message in one database trip, starts playing that
    greeting itself at once, and opens the realtime STT session (which queues the caller's audio
    until it is connected).
 3. **Frames**: ``media`` goes to STT untouched (mu-law in, no transcoding), ``dtmf`` becomes a
-   ``call.dtmf`` event, ``mark`` confirms an utterance played, ``stop`` ends the stream. Frames over
+   ``call.dtmf`` event, a played mark (Plivo: checkpoint) confirms an utterance played, ``stop`` (or,
+   on Plivo, the socket closing) ends the stream. Frames over
    64 KB, binary frames, malformed JSON and malformed base64 are ignored (counted) -- they never end
    the call.
 4. **Speech out** (``calls.media.playback``): a per-stream FIFO of utterances, deadline-paced 20 ms
-   frames and marks. When the peer stops reading (send buffer over ``MAX_SEND_BUFFER_BYTES``) the
+   frames and marks (sent up to ``send_ahead_seconds`` ahead of playback to carriers that queue). When the peer stops reading (send buffer over ``MAX_SEND_BUFFER_BYTES``) the
    socket is closed with 1013 and the reason recorded on the call.
 5. **Barge-in**: when STT reports the caller started speaking, the queue is dropped and ``clear`` sent;
    utterances that had not played are marked ``interrupted`` in the transcript. Not during the intro
@@ -55,25 +61,16 @@ from calls.config import get_config
 from calls.media import control as streams
 from calls.media.admission import ADMISSION, client_ip
 from calls.media.playback import Playback, Utterance
+from providers.media_stream import MAX_INBOUND_FRAME_BYTES, MalformedFrame, StreamKind, parse_frame, wire_for
 from providers.stt import FinalTranscript, RealtimeTranscriber, SttUnavailable, stt_settings
 from providers.tts import TelephonySynthesizer, TtsUnavailable
-from providers.twilio_stream import (
-    MAX_INBOUND_FRAME_BYTES,
-    MalformedFrame,
-    OutboundFrames,
-    dtmf_digit,
-    mark_name,
-    media_payload,
-    parse_frame,
-    parse_start,
-)
 from voicecall_site import compat
 
 logger = logging.getLogger(__name__)
 
 # WebSocket close codes (RFC 6455 §7.4.1) used by upstream for the same situations (§5.2-§5.4).
 CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008  # missing callSid, unknown call / bad token, duplicate stream, start timeout
+CLOSE_POLICY = 1008  # missing call id, unknown call / bad token, bad audio format, duplicate stream, start timeout
 CLOSE_TRY_AGAIN = 1013  # too many pending sockets; send buffer exceeded
 DB_THREADS = 16
 MAX_QUEUED_JOBS = 256  # a stream's pending ORM jobs (marks, DTMF, transcripts): far above any real backlog
@@ -163,7 +160,7 @@ class StreamCounters:
 
 
 class MediaStreamConsumer(AsyncWebsocketConsumer):
-    """One Twilio media stream. See the module docstring for the lifecycle."""
+    """One carrier media stream. See the module docstring for the lifecycle."""
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         self.cleaned = False
@@ -181,6 +178,12 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self.stt: RealtimeTranscriber | None = None
         self.jobs: StreamJobs | None = None
         self.tts_problem = ""
+        try:
+            self.wire = wire_for(self.config.provider)
+        except ValueError as exc:  # the config schema refuses streaming for this provider already
+            logger.warning("media stream refused: %s", exc)
+            await self.close()
+            return
         if not ADMISSION.open_socket(limits.max_connections):
             logger.warning("media stream from %s refused: %d connections open", self.client_ip, ADMISSION.open)
             await self.close()  # before accept: daphne refuses the upgrade (HTTP 403)
@@ -231,7 +234,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
     # --- inbound frames ----------------------------------------------------------------------------
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:
-            self.counters.binary += 1  # Twilio only sends text frames
+            self.counters.binary += 1  # every carrier's stream is JSON text frames
             return
         if len(text_data) > MAX_INBOUND_FRAME_BYTES or (
             len(text_data) > MAX_INBOUND_FRAME_BYTES // 4 and len(text_data.encode()) > MAX_INBOUND_FRAME_BYTES
@@ -243,43 +246,51 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         except MalformedFrame:
             self.counters.malformed += 1
             return
-        event = message["event"]
-        if event == "media":
+        kind = self.wire.kind(message)
+        if kind is StreamKind.MEDIA:
             if self.session is not None and self.stt is not None:
-                payload = media_payload(message)
+                payload = self.wire.media_payload(message)
                 if payload is None:
                     self.counters.malformed += 1
                     return
                 self.counters.media_in += 1
                 self.stt.push(payload)
-        elif event == "start":
+        elif kind is StreamKind.START:
             await self._on_start(message)
-        elif event == "mark":
+        elif kind is StreamKind.PLAYED:
             self._on_mark(message)
-        elif event == "dtmf":
+        elif kind is StreamKind.DTMF:
             self._on_dtmf(message)
-        elif event == "stop":
+        elif kind is StreamKind.STOP:
             if self.session is not None:
                 logger.info("media stream %s of call %s stopped", self.stream_sid, self.session.call_id)
             await self._close(CLOSE_NORMAL)
-        elif event == "connected":
-            logger.debug("media stream from %s connected", self.client_ip)
+        elif kind is StreamKind.ERROR:
+            logger.warning("media stream %s reported an error: %s", self.stream_sid or "(not started)",
+                           str(message.get("payload") or message.get("error") or "")[:200])
+        elif kind is not None:  # connected, cleared: nothing to do
+            logger.debug("media stream from %s: %s", self.client_ip, kind)
 
     async def _on_start(self, message: dict[str, Any]) -> None:
         if self.session is not None or self.starting or self.closing:
             return  # one start per socket
-        query = parse_qs((self.scope.get("query_string") or b"").decode("latin1"))
-        start = parse_start(message, (query.get("token") or [None])[0])
+        query = {k: v[0] for k, v in parse_qs((self.scope.get("query_string") or b"").decode("latin1")).items()}
+        start = self.wire.parse_start(message, query)
         if start is None:
-            logger.warning("media stream from %s closed: missing callSid", self.client_ip)
-            await self._close(CLOSE_POLICY, "Missing callSid")
+            logger.warning("media stream from %s closed: missing call id", self.client_ip)
+            await self._close(CLOSE_POLICY, "Missing call id")
+            return
+        if start.media_problem:
+            logger.warning("media stream %s from %s closed: %s", start.stream_id, self.client_ip, start.media_problem)
+            await self._close(CLOSE_POLICY, start.media_problem)
             return
         self.starting = True
         synthesizer = None
         group = None
         greeting = None
         try:
-            session = await db(streams.check_start)(call_sid=start.call_sid, token=start.token)
+            session = await db(streams.check_start)(call_sid=start.carrier_call_id, token=start.token,
+                                                    call_id=start.call_id)
             try:  # after the check: a refused start costs nothing more
                 synthesizer = TelephonySynthesizer.from_settings(self.config.provider_settings)
             except TtsUnavailable as exc:
@@ -289,10 +300,10 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             group = streams.group_name(session.call_id)
             await self.channel_layer.group_add(group, self.channel_name)
             greeting = await db(streams.attach_stream)(
-                session.call_id, self.owner, start.stream_sid, speak_greeting=synthesizer is not None
+                session.call_id, self.owner, start.stream_id, speak_greeting=synthesizer is not None
             )
         except streams.StreamRefused as exc:
-            logger.warning("media stream %s for %s refused: %s", start.stream_sid, start.call_sid, exc)
+            logger.warning("media stream %s for %s refused: %s", start.stream_id, start.carrier_call_id, exc)
             if group is not None:
                 await self.channel_layer.group_discard(group, self.channel_name)
             await self._close(CLOSE_POLICY, str(exc))
@@ -304,7 +315,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             await db(streams.detach_stream)(session.call_id, self.owner, greeting)
             return
         self.session = session
-        self.stream_sid = start.stream_sid
+        self.stream_sid = start.stream_id
         self._release_pending()
         if self.prestart_task is not None:
             self.prestart_task.cancel()
@@ -317,12 +328,13 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             _probe_warning_logged = True
             logger.warning("media streams: no send-buffer probe for this server; back-pressure is not detected")
         self.playback = Playback(
-            OutboundFrames(start.stream_sid),
+            self.wire.outbound(start),
             self._send_text,
             synthesizer,
             on_failed=self._utterance_failed,
             on_stuck=self._send_buffer_stuck,
             probe=probe,
+            send_ahead=self.wire.send_ahead_seconds,
         )
         if greeting is not None:
             # Straight to this socket's playback: no channel-layer round trip, no wait for STT (the
@@ -341,12 +353,12 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         except SttUnavailable as exc:
             logger.warning("media stream of call %s has no speech input: %s", session.call_id, exc)
         self.lease_task = asyncio.get_running_loop().create_task(self._keep_lease())
-        logger.info("media stream %s attached to call %s", start.stream_sid, session.call_id)
+        logger.info("%s media stream %s attached to call %s", self.wire.carrier, start.stream_id, session.call_id)
         metrics.LIVE_STREAMS.inc()
         self.counted_live = True
 
     def _on_mark(self, message: dict[str, Any]) -> None:
-        name = mark_name(message)
+        name = self.wire.played_name(message)
         if self.session is None or self.playback is None or name is None:
             return
         utterance = self.playback.on_mark(name)
@@ -358,10 +370,11 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         ))
 
     def _on_dtmf(self, message: dict[str, Any]) -> None:
-        digit = dtmf_digit(message)
-        if self.session is None or digit is None:
+        pressed = self.wire.dtmf(message)
+        if self.session is None or pressed is None:
             return
-        session, sid, seq = self.session, self.stream_sid, str(message.get("sequenceNumber") or "")
+        digit, seq = pressed
+        session, sid = self.session, self.stream_sid
         self._job(lambda: db(streams.record_dtmf)(
             call_id=session.call_id, call_sid=session.provider_call_id, stream_sid=sid, sequence=seq, digit=digit
         ))

@@ -47,6 +47,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -62,15 +63,15 @@ from calls.models import Call, Speaker, StreamLease, TranscriptEntry
 from calls.services import ingest, turns
 from calls.services.call_updates import publish_call_update
 from calls.services.effects import register_streams
+from calls.services.records import STREAM_TOKEN_NONCE_KEY as TOKEN_NONCE_KEY
 from calls.services.records import carrier
 from calls.state import CallState
 from providers.base import EventType, NormalizedEvent
-from providers.twilio_stream import streaming_possible
+from providers.media_stream import streaming_possible
 
 logger = logging.getLogger(__name__)
 
 GROUP_PREFIX = "voicecall.stream."
-TOKEN_NONCE_KEY = "streamTokenNonce"  # noqa: S105 - a metadata key name, not a secret
 LEASE_REDIS_PREFIX = "voicecall:stream-lease:"
 RECONNECTS_KEY = "streamReconnects"  # call metadata: streams that came back within the grace period
 LEASE_TTL_MS = 15_000
@@ -117,6 +118,9 @@ def _derive_token(call_id: str, nonce: str) -> str:
 def mint_stream_token(call: Call | str) -> str:
     """The token for this call's ``<Stream>`` TwiML; the same token every time it is asked for."""
     call_id = str(call.id if isinstance(call, Call) else call)
+    known = (call.metadata or {}).get(TOKEN_NONCE_KEY) if isinstance(call, Call) else None
+    if known:  # a nonce is never replaced: no need to read the row again
+        return _derive_token(call_id, known)
     with transaction.atomic():
         locked = Call.objects.select_for_update().get(id=call_id)
         nonce = (locked.metadata or {}).get(TOKEN_NONCE_KEY)
@@ -128,10 +132,11 @@ def mint_stream_token(call: Call | str) -> str:
 
 
 def stream_token(provider: Any, call: Call) -> str | None:
-    """The token a webhook reply's ``<Stream>`` carries, when this call is to be connected to a media
-    stream: a live Twilio conversation call (notify calls keep ``<Say>``, fact sheet §6.1) while
-    streaming is possible (enabled, a public URL, telephony TTS usable); else None."""
-    if provider.name != "twilio" or call.is_terminal or call.mode != "conversation":
+    """The token a call's media stream must present, when this call is to be connected to one: a live
+    conversation call (notify calls keep the carrier's voice, fact sheet §6.1) on a carrier with media
+    streams while streaming is possible (enabled, a public URL, telephony TTS usable); else None.
+    Twilio and Plivo carry it in the webhook reply, Telnyx in the dial or answer request."""
+    if not provider.media_stream_offer or call.is_terminal or call.mode != "conversation":
         return None
     if not streaming_possible(provider.settings):
         return None
@@ -231,12 +236,18 @@ def has_live_stream(call_id: str) -> bool:
     return StreamLease.objects.filter(call_id=call_id, expires_at__gt=timezone.now()).exists()
 
 
-def check_start(*, call_sid: str, token: str | None) -> AdmittedStream:
-    """A ``start`` may attach to its call: a live call with this CallSid and the right token.
-    Raises ``StreamRefused`` (one message for "no such call", "ended" and "bad token": a prober
-    learns nothing)."""
+def check_start(*, call_sid: str, token: str | None, call_id: str | None = None) -> AdmittedStream:
+    """A ``start`` may attach to its call: a live call of this carrier with the right token -- found
+    by our call id when the stream URL carries it (then the carrier's id in ``start`` must be the
+    call's, once we know it), else by the carrier's call id. Raises ``StreamRefused`` (one message
+    for "no such call", "ended" and "bad token": a prober learns nothing)."""
     config = get_config()
-    call = Call.objects.filter(provider=config.provider, provider_call_id=call_sid).first()
+    if call_id:
+        call = Call.objects.filter(provider=config.provider, id=call_id).first()
+        if call is not None and call.provider_call_id and call.provider_call_id != call_sid:
+            call = None
+    else:
+        call = Call.objects.filter(provider=config.provider, provider_call_id=call_sid).first()
     if call is None or call.is_terminal or not check_stream_token(call, token):
         raise StreamRefused(UNKNOWN_CALL)
     return AdmittedStream(
@@ -408,9 +419,11 @@ def close_stream(call_id: str) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-def _apply(event: NormalizedEvent) -> ingest.EventOutcome:
+def _apply(build: Callable[[str], NormalizedEvent]) -> ingest.EventOutcome:
+    """Apply a stream event built for this carrier (``build`` gets its name, for the dedupe key)."""
+    provider = carrier()
     with transaction.atomic():
-        return ingest.apply_event(carrier(), event)
+        return ingest.apply_event(provider, build(provider.name))
 
 
 def record_caller_speech(*, call_id: str, call_sid: str, stream_sid: str, item_id: str, text: str) -> bool:
@@ -423,7 +436,7 @@ def record_caller_speech(*, call_id: str, call_sid: str, stream_sid: str, item_i
             return False
         event = NormalizedEvent(
             type=EventType.SPEECH,
-            dedupe_key=f"twilio:stream:{stream_sid}:speech:{item_id or uuid.uuid4().hex}",
+            dedupe_key=f"{provider.name}:stream:{stream_sid}:speech:{item_id or uuid.uuid4().hex}",
             call_id=call_id,
             provider_call_id=call_sid,
             transcript=text,
@@ -437,30 +450,27 @@ def record_caller_speech(*, call_id: str, call_sid: str, stream_sid: str, item_i
 
 
 def record_dtmf(*, call_id: str, call_sid: str, stream_sid: str, sequence: str, digit: str) -> None:
-    _apply(
-        NormalizedEvent(
-            type=EventType.DTMF,
-            dedupe_key=f"twilio:stream:{stream_sid}:dtmf:{sequence or uuid.uuid4().hex}",
-            call_id=call_id,
-            provider_call_id=call_sid,
-            digits=digit,
-            raw={"streamSid": stream_sid, "sequenceNumber": sequence},
-        )
-    )
+    _apply(lambda carrier_name: NormalizedEvent(
+        type=EventType.DTMF,
+        dedupe_key=f"{carrier_name}:stream:{stream_sid}:dtmf:{sequence or uuid.uuid4().hex}",
+        call_id=call_id,
+        provider_call_id=call_sid,
+        digits=digit,
+        raw={"streamSid": stream_sid, "sequenceNumber": sequence},
+    ))
 
 
 def record_utterance_played(*, call_id: str, call_sid: str, stream_sid: str, mark: str, text: str) -> None:
-    """Twilio echoed an utterance's mark: its audio has played (``call.spoken`` in the ledger)."""
-    _apply(
-        NormalizedEvent(
-            type=EventType.SPOKEN,
-            dedupe_key=f"twilio:stream:{stream_sid}:mark:{mark}",
-            call_id=call_id,
-            provider_call_id=call_sid,
-            text=text[:500],
-            raw={"streamSid": stream_sid, "mark": mark},
-        )
-    )
+    """The carrier reached an utterance's mark (Twilio/Telnyx mark echo, Plivo ``playedStream``): its
+    audio has played (``call.spoken`` in the ledger)."""
+    _apply(lambda carrier_name: NormalizedEvent(
+        type=EventType.SPOKEN,
+        dedupe_key=f"{carrier_name}:stream:{stream_sid}:mark:{mark}",
+        call_id=call_id,
+        provider_call_id=call_sid,
+        text=text[:500],
+        raw={"streamSid": stream_sid, "mark": mark},
+    ))
 
 
 def mark_interrupted(*, call_id: str, entry_ids: list[int]) -> int:

@@ -2,7 +2,11 @@
 
 Synthesis starts when an utterance is queued and audio is sent as soon as the first TTS bytes are
 converted; frames go out on a deadline clock (``next += 0.020`` on the loop clock, so no drift however
-long the call), with mu-law silence while synthesis has not produced audio yet. A ``mark`` follows
+long the call), with mu-law silence while synthesis has not produced audio yet. The clock is the
+carrier's *playout* clock: to a carrier that plays what it gets at once (Twilio) each frame goes out
+when it is due; to one that queues (Telnyx, Plivo) frames go out up to ``send_ahead`` seconds before
+they are due, so a stall on our side is absorbed by the carrier's queue, and that queue never holds
+more than ``send_ahead`` of audio (a clear empties it). A ``mark`` follows
 each utterance; it counts as played when the carrier echoes it. Past ``MAX_SEND_BUFFER_BYTES`` sent
 but not taken by the peer, the peer is not reading and the stream is closed (fact sheet §5.4).
 """
@@ -18,8 +22,8 @@ from dataclasses import dataclass, field
 
 from calls import metrics
 from providers.audio import FRAME_SECONDS, silence_frame
+from providers.media_stream import OutboundFrames
 from providers.tts import TelephonySynthesizer, TtsError
-from providers.twilio_stream import OutboundFrames
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +84,10 @@ class Playback:
         on_failed: Callable[[Utterance], None],
         on_stuck: Callable[[], Awaitable[None]],
         probe: Callable[[], int] | None,
+        send_ahead: float = 0.0,
     ):
         self.frames = frames
+        self.send_ahead = max(0.0, send_ahead)
         self._send = send
         self.synthesizer = synthesizer
         self._on_failed = on_failed
@@ -94,6 +100,7 @@ class Playback:
         self.closed = False
         self.frames_sent = 0
         self._sampled_at: float | None = None
+        self._playout_until = 0.0  # loop time at which the carrier has played everything sent so far
 
     @property
     def intro_active(self) -> bool:
@@ -143,7 +150,9 @@ class Playback:
         line alive. So a fast TTS is heard with no silence queued ahead of it.
         """
         loop = asyncio.get_running_loop()
-        next_at = loop.time()
+        ahead = self.send_ahead
+        # ``next_at`` is when the next frame will *play*; it is sent at ``next_at - ahead``.
+        next_at = max(loop.time(), self._playout_until)
         try:
             while self.queue and not self.closed:
                 utterance = self.queue[0]
@@ -163,7 +172,7 @@ class Playback:
                     continue  # the next utterance starts in this same slot
                 else:
                     if await utterance.wait_for_audio(next_at + FRAME_SECONDS - loop.time()):
-                        next_at = loop.time()
+                        next_at = max(next_at, loop.time())
                         continue
                     text = self._silence  # keep-alive while synthesis starts (or falls behind)
                     next_at = loop.time()
@@ -181,11 +190,13 @@ class Playback:
                 ):
                     raise SendBufferExceeded
                 next_at += FRAME_SECONDS
-                delay = next_at - loop.time()
+                self._playout_until = next_at
+                now = loop.time()
+                delay = next_at - ahead - now
                 if delay > 0:
                     await asyncio.sleep(delay)
-                elif delay < -MAX_PACER_LAG_S:
-                    next_at = loop.time()
+                elif next_at < now - MAX_PACER_LAG_S:
+                    next_at = now  # the carrier ran dry long ago (a stalled loop): resynchronise, don't burst
         except SendBufferExceeded:
             self._forget_pacer()
             await self._on_stuck()
@@ -212,6 +223,7 @@ class Playback:
         if self._pacer is not None:
             self._pacer.cancel()
             self._pacer = None
+        self._playout_until = 0.0  # the carrier discards what it had queued (clear)
         return dropped
 
     def close(self) -> list[Utterance]:

@@ -37,6 +37,9 @@ from calls.services.records import (
     DEFAULT_INBOUND_GREETING,
     DIAL_UNCONFIRMED_KEY,
     END_REQUESTED_KEY,
+    STREAM_FAILED,
+    STREAM_FAILED_KEY,
+    expects_stream,
     finalize,
     masked,
     snapshot,
@@ -332,10 +335,9 @@ def _apply_to_call(
             call.save(update_fields=[*STATE_FIELDS, "answered_at"])
         if first_answer:
             after_commit(Effect.ENFORCE_MAX_DURATION, call_id, delay=config.max_duration_seconds)
-            if call.initial_message and not call.initial_message_delivered and not provider.speaks_initial_message_in_reply:
-                after_commit(Effect.DELIVER_INITIAL_MESSAGE, call_id)
-            elif call.mode == Mode.CONVERSATION and not provider.speaks_initial_message_in_reply:
-                after_commit(Effect.START_LISTENING, call_id)
+            # A streamed call's greeting is claimed by its stream when it starts, and the stream listens.
+            if not provider.speaks_initial_message_in_reply and not expects_stream(call):
+                _speak_or_listen(call)
     elif kind == EventType.ACTIVE:
         if transition(call, CallState.ACTIVE.value):
             call.save(update_fields=STATE_FIELDS)
@@ -347,7 +349,7 @@ def _apply_to_call(
             if call.mode == Mode.NOTIFY and call.initial_message_delivered:
                 delay = config.outbound.notify_hangup_delay_sec
                 after_commit(Effect.HANG_UP_AFTER_NOTIFY, call_id, delay=delay)
-            elif call.mode == Mode.CONVERSATION:
+            elif call.mode == Mode.CONVERSATION and not expects_stream(call):
                 after_commit(Effect.START_LISTENING, call_id)
     elif kind == EventType.SPEECH:
         _apply_speech(provider, call, event, outcome)
@@ -361,7 +363,33 @@ def _apply_to_call(
         else:
             call.last_error = (event.error or "")[:2000]
             call.save(update_fields=["last_error", "updated_at"])
-    # call.silence and call.dtmf are kept in the ledger only: they change no state.
+    elif kind == EventType.STREAM_FAILED:
+        _stream_failed(call, event)
+    # call.silence, call.dtmf and the stream's started/stopped reports are kept in the ledger only.
+
+
+def _speak_or_listen(call: Call) -> None:
+    """A call the carrier speaks on: say the pending greeting, or (a conversation) start listening."""
+    if call.initial_message and not call.initial_message_delivered:
+        after_commit(Effect.DELIVER_INITIAL_MESSAGE, str(call.id))
+    elif call.mode == Mode.CONVERSATION:
+        after_commit(Effect.START_LISTENING, str(call.id))
+
+
+def _stream_failed(call: Call, event: NormalizedEvent) -> None:
+    """The carrier could not connect the call's media stream: the call goes on with carrier speech
+    (the carrier speaks the greeting and then listens with its own recognition). A stream that was
+    live and dropped is the media layer's business (its reconnect grace ends the call): once the
+    stream has claimed the greeting, this only records the error."""
+    if not expects_stream(call):
+        return
+    reason = (event.error or "no reason given")[:300]
+    call.metadata = {**(call.metadata or {}), STREAM_FAILED_KEY: True}
+    call.last_error = STREAM_FAILED.format(reason=reason)[:2000]
+    call.save(update_fields=["metadata", "last_error", "updated_at"])
+    logger.warning("call %s: media stream failed (%s); using carrier speech", call.id, reason)
+    if call.answered_at is not None and call.initial_message and not call.initial_message_delivered:
+        after_commit(Effect.DELIVER_INITIAL_MESSAGE, str(call.id))
 
 
 def _apply_speech(provider: Provider, call: Call, event: NormalizedEvent, outcome: EventOutcome) -> None:
@@ -439,7 +467,7 @@ def process_webhook(
             call_snapshot = snapshot(call, config) if call else None
             # A call to be connected to a media stream carries the token its stream must present
             # (minted once per call by the media layer; a replay never gets here).
-            if call is not None and config.streaming.enabled:
+            if call is not None and config.streaming.enabled and provider.media_stream_offer == "reply":
                 token = stream_port().stream_token(provider, call)
                 if token:
                     call_snapshot = dataclasses.replace(call_snapshot, stream_token=token)

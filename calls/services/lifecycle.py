@@ -7,6 +7,7 @@ then the request is made (fact sheet §2.3, §8.1, §8.5).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import timedelta
 
@@ -131,6 +132,8 @@ def place_call(call_id: str) -> str:
         call.save(update_fields=["metadata", "updated_at"])
 
     provider = carrier(config)
+    # A carrier that requests the media stream with the dial (Telnyx) gets the stream's credential now.
+    token = _requested_stream_token(provider, call, config)
     request = OutboundCallRequest(
         call_id=str(call.id),
         to_number=call.to_number,
@@ -141,6 +144,7 @@ def place_call(call_id: str) -> str:
         ring_timeout_seconds=max(1, config.ring_timeout_ms // 1000),
         notify_hangup_delay_seconds=config.outbound.notify_hangup_delay_sec,
         voice=configured_voice(config.effective_tts()),  # carriers' native speech (fact sheet §6.1)
+        stream_token=token,
     )
     try:
         placed = provider.initiate_call(request)
@@ -320,4 +324,18 @@ def answer_inbound_call(call_id: str) -> None:
     call = find_call(call_id)
     if call is None or call.is_terminal:
         return
-    carrier().answer_call(snapshot(call))
+    config = get_config()
+    provider = carrier(config)
+    call_snapshot = snapshot(call, config)
+    token = _requested_stream_token(provider, call, config)
+    if token:
+        call_snapshot = dataclasses.replace(call_snapshot, stream_token=token)
+    provider.answer_call(call_snapshot)
+
+
+def _requested_stream_token(provider, call: Call, config) -> str | None:
+    """The media-stream token of a call whose carrier requests the stream itself (Telnyx: on the dial
+    and on the inbound answer), or None when this call gets no stream."""
+    if not config.streaming.enabled or provider.media_stream_offer != "request":
+        return None
+    return stream_port().stream_token(provider, call)

@@ -59,6 +59,18 @@ DTMF_DIGITS = re.compile(r"^[0-9*#wWpP,]+$")
 # its own TwiML hangs up. An operator's or agent's explicit end is "hangup-bot".
 NOTIFY_END_REASON = CallState.COMPLETED.value
 END_REQUESTED_KEY = "endRequested"  # metadata: the reason of a hang-up we asked the carrier for
+# metadata: the nonce of the call's media-stream token; set when the call was offered a media stream
+# (the media layer mints it), so the stream -- not the carrier -- speaks and listens on that call.
+STREAM_TOKEN_NONCE_KEY = "streamTokenNonce"  # noqa: S105 - a metadata key name, not a secret
+STREAM_FAILED_KEY = "streamFailed"  # metadata: the carrier reported the stream could not be set up
+STREAM_FAILED = "Media stream failed: {reason}; the call falls back to the carrier's own speech"
+
+
+def expects_stream(call: Call) -> bool:
+    """The call was offered a media stream that has not failed: its greeting and listening belong to
+    the stream (the consumer claims the greeting when the stream starts), not to carrier speech."""
+    metadata = call.metadata or {}
+    return bool(metadata.get(STREAM_TOKEN_NONCE_KEY)) and not metadata.get(STREAM_FAILED_KEY)
 
 
 class ServiceError(Exception):

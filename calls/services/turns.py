@@ -38,6 +38,7 @@ from calls.services.records import (
     ServiceError,
     carrier,
     epoch_ms,
+    expects_stream,
     find_call,
     require_call,
     require_connected,
@@ -196,7 +197,8 @@ def continue_call(call_id: str, message: str, *, timeout_ms: int | None = None) 
         metadata["turnLatenciesMs"] = metadata["turnLatenciesMs"][-50:]
         locked.metadata = metadata
         locked.save(update_fields=["metadata", "updated_at"])
-    carrier(config).stop_listening(snapshot(locked, config))
+    if not expects_stream(locked):  # a stream's STT keeps listening; the carrier never started
+        carrier(config).stop_listening(snapshot(locked, config))
     return transcript
 
 

@@ -32,6 +32,7 @@ from providers.base import (
     ledger_view,
     request_may_have_arrived,
 )
+from providers.media_stream import credential_stream_url
 from providers.plivo.signatures import (
     V2_NONCE_HEADER,
     V2_SIGNATURE_HEADER,
@@ -40,6 +41,7 @@ from providers.plivo.signatures import (
     url_without_query,
     verify_signature,
 )
+from providers.plivo.stream import stream_element
 from providers.plivo.wire import (
     ACCOUNT_PATH,
     ANSWERED_STATUSES,
@@ -63,6 +65,7 @@ from providers.plivo.wire import (
     SPEECH_CONFIDENCE_FIELD,
     SPEECH_FIELDS,
     START_APP_EVENT,
+    STREAM_EVENTS,
     TIME_LIMIT_MARGIN_SECONDS,
     TRANSFER_KEY_LABEL,
     TRANSFER_PARAMS,
@@ -100,6 +103,7 @@ class PlivoProvider(Provider):
     speaks_initial_message_in_reply = True
     supports_dtmf = True
     reports_playback_end = False
+    media_stream_offer = "reply"  # <Stream> in the answer XML (providers/plivo/stream.py)
 
     def __init__(self, settings):
         super().__init__(settings)
@@ -215,6 +219,8 @@ class PlivoProvider(Provider):
         def add(kind: EventType, dedupe_key: str, **fields: Any) -> None:
             events.append(NormalizedEvent(type=kind, dedupe_key=dedupe_key, **common, **fields))
 
+        if flow == Flow.STREAM:
+            return self._stream_events(params, common, lifecycle_key)
         if flow == Flow.HANGUP:
             # The hang-up callback only ends the call (upstream: unknown statuses end it "failed").
             reason = CALL_STATUS_END_REASONS.get(status, UNKNOWN_HANGUP_END_REASON)
@@ -240,6 +246,20 @@ class PlivoProvider(Provider):
         return events
 
     @staticmethod
+    def _stream_events(params: Mapping[str, str], common: dict[str, Any], lifecycle_key: str) -> list[NormalizedEvent]:
+        """The ``<Stream>`` status callback: started / stopped / dropped, for the ledger (a dropped
+        stream that never played the greeting makes the call fall back to Plivo speech)."""
+        what = STREAM_EVENTS.get((params.get("Event") or "").strip().lower())
+        if what is None:
+            return []
+        kind = {"started": EventType.STREAM_STARTED, "stopped": EventType.STREAM_STOPPED,
+                "failed": EventType.STREAM_FAILED}[what]
+        stream_id = (params.get("StreamID") or params.get("StreamId") or "").strip()[:64]
+        error = (params.get("Error") or params.get("Reason") or "").strip()[:300] or "Plivo dropped the stream"
+        return [NormalizedEvent(type=kind, dedupe_key=f"{lifecycle_key}:stream:{stream_id}:{what}",
+                                error=error if what == "failed" else None, **common)]
+
+    @staticmethod
     def _confidence(value: str | None) -> float | None:
         try:
             return float(value) if value not in (None, "") else None
@@ -262,12 +282,24 @@ class PlivoProvider(Provider):
                     response.add(plivoxml.WaitElement(length=delay))
             response.add(plivoxml.HangupElement())
             return self._xml(response, spoken_text=message, delivers_initial_message=bool(message))
+        if call.stream_token:
+            return self._xml(self._stream_reply(request, call))
         get_input = self._get_input(request, call.call_id, language, call.pending_turn_token)
         if message:
             get_input.add(plivoxml.SpeakElement(message, language=language))
         response.add(get_input)
         self._keep_alive(response, request, call.call_id)
         return self._xml(response, spoken_text=message, delivers_initial_message=bool(message), listens=True)
+
+    def _stream_reply(self, request: WebhookRequest, call: CallSnapshot) -> plivoxml.ResponseElement:
+        """A streamed conversation: ``<Stream>`` holds the call while our socket is open (the stream
+        claims and speaks the greeting); should the socket drop, the keep-alive after it parks the
+        call so the media layer's reconnect grace -- not the end of this document -- decides."""
+        base = self._reply_base(request)
+        url = credential_stream_url(self.settings, call.call_id, call.stream_token)
+        response = plivoxml.ResponseElement()
+        response.add(stream_element(url, self._callback_url(base, Flow.STREAM, call.call_id)))
+        return self._keep_alive(response, request, call.call_id)
 
     def _transfer_reply(self, request: WebhookRequest, payload: dict[str, Any]) -> WebhookReply:
         """XML for ``xml-speak`` / ``xml-listen`` from the signed payload. The utterance was recorded

@@ -27,6 +27,7 @@ class Flow(enum.StrEnum):
     XML_SPEAK = "xml-speak"
     XML_LISTEN = "xml-listen"
     KEEPALIVE = "keepalive"
+    STREAM = "stream"  # the <Stream> statusCallbackUrl (StartStream / StopStream / DroppedStream)
 
 
 # Query parameters we put on every URL handed to Plivo (stripped from a base URL before adding ours).
@@ -54,6 +55,9 @@ UNKNOWN_HANGUP_END_REASON = "failed"
 # HangupSource of a call that ended "completed" → a more precise end reason [values unverified].
 # "API Request" is our own DELETE: the bot hung up, whichever of our write and this callback lands first.
 HANGUP_SOURCE_END_REASONS: dict[str, str] = {"api request": "hangup-bot"}
+# Stream status callback ``Event`` -> what it says about our media stream [values from Plivo's
+# <Stream> docs: StartStream, StopStream, DroppedStream].
+STREAM_EVENTS: dict[str, str] = {"startstream": "started", "stopstream": "stopped", "droppedstream": "failed"}
 START_APP_EVENT = "startapp"  # Event=StartApp on the answer URL ⇒ the call is answered (§3.3)
 # First non-empty of these is the caller's final speech (fact sheet §3.3).
 SPEECH_FIELDS = ("Speech", "Transcription", "TranscriptionText", "SpeechResult", "RecognizedSpeech", "Text")
@@ -61,7 +65,7 @@ SPEECH_CONFIDENCE_FIELD = "SpeechConfidenceScore"
 # What the event ledger keeps of a callback: enough to follow the call, not caller names or geodata.
 LEDGER_PARAMS = (
     "CallUUID", "RequestUUID", "ALegRequestUUID", "CallStatus", "Direction", "From", "To", "Event",
-    "HangupCause", "HangupSource", "Duration", "BillDuration", "Digits", *SPEECH_FIELDS, SPEECH_CONFIDENCE_FIELD,
+    "HangupCause", "HangupSource", "Duration", "BillDuration", "Digits", "StreamID", "Error", *SPEECH_FIELDS, SPEECH_CONFIDENCE_FIELD,
 )
 DIRECTIONS: dict[str, str] = {"inbound": "inbound", "outbound": "outbound"}
 

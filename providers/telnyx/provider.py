@@ -30,6 +30,7 @@ from providers.base import (
     ledger_view,
     request_may_have_arrived,
 )
+from providers.media_stream import credential_stream_url
 from providers.settings import configured_voice
 from providers.telnyx.signatures import (
     PUBLIC_KEY_ENV,
@@ -39,6 +40,7 @@ from providers.telnyx.signatures import (
     load_public_key,
     verify_signature,
 )
+from providers.telnyx.stream import stream_request_fields
 from providers.telnyx.wire import (
     API_VERSION_PATH,
     CALL_ENDED_ERROR_CODES,
@@ -49,6 +51,7 @@ from providers.telnyx.wire import (
     DEFAULT_TRANSCRIPTION_LANGUAGE,
     DEFAULT_VOICE,
     DIRECTIONS,
+    DTMF_DURATION_MS,
     EVENT_TYPES,
     HANGUP_CAUSES,
     LEDGER_ENVELOPE,
@@ -61,6 +64,7 @@ from providers.telnyx.wire import (
     _text,
     decode_client_state,
     encode_client_state,
+    telnyx_dtmf,
 )
 
 logger = logging.getLogger(__name__)
@@ -75,7 +79,8 @@ class TelnyxProvider(Provider):
     answers_inbound_by_rest = True
     speaks_initial_message_in_reply = False
     reports_playback_end = True
-    supports_dtmf = False  # as upstream: outbound DTMF is Twilio/mock only (fact sheet §8.6)
+    supports_dtmf = True  # beyond upstream (fact sheet §8.6: Twilio/mock only): actions/send_dtmf
+    media_stream_offer = "request"  # stream_url on the dial and on the inbound answer (telnyx/stream.py)
 
     def __init__(self, settings, *, clock: Callable[[], float] = time.time):
         super().__init__(settings)
@@ -155,6 +160,8 @@ class TelnyxProvider(Provider):
             fields["digits"] = _text(payload.get("digit")) or _text(payload.get("digits"))
         elif kind == EventType.ENDED:
             fields["reason"] = self._end_reason(payload.get("hangup_cause"))
+        elif kind == EventType.STREAM_FAILED:
+            fields["error"] = (_text(payload.get("failure_reason")) or "streaming.failed")[:300]
         elif kind == EventType.SPOKEN and _text(payload.get("status")) in SPEAK_INTERRUPTED_STATUSES:
             return None  # (_text: a non-string status, e.g. a list, is unhashable: found by fuzzing)
         return NormalizedEvent(**fields)
@@ -200,6 +207,8 @@ class TelnyxProvider(Provider):
             "timeout_secs": request.ring_timeout_seconds,
             "command_id": self._command_id("dial", request.call_id),
         }
+        if request.stream_token:
+            body.update(self._stream_fields(request.call_id, request.stream_token))
         data = self._request("POST", "/calls", body, creates=True)
         call_control_id = data.get("call_control_id") if isinstance(data, dict) else None
         if not isinstance(call_control_id, str) or not call_control_id:
@@ -208,14 +217,27 @@ class TelnyxProvider(Provider):
 
     def answer_call(self, call: CallSnapshot) -> None:
         """Answer an accepted inbound leg (sent on ``call.initiated``); the deterministic command_id
-        makes a second answer of the same call a no-op at Telnyx."""
+        makes a second answer of the same call a no-op at Telnyx. A streamed call's answer also
+        connects it to our media stream."""
+        body = {
+            "command_id": self._command_id("answer", call.call_id),
+            "client_state": encode_client_state(call.call_id),
+        }
+        if call.stream_token:
+            body.update(self._stream_fields(call.call_id, call.stream_token))
+        self._action(call.provider_call_id, "answer", body)
+
+    def _stream_fields(self, call_id: str, token: str) -> dict[str, str]:
+        return stream_request_fields(credential_stream_url(self.settings, call_id, token))
+
+    def send_dtmf(self, call: CallSnapshot, digits: str) -> None:
+        """``send_dtmf`` (Call Control v2): Telnyx plays the digits into the call. Our pause
+        characters (``w``, ``p``, ``,``) become Telnyx's ``w`` (0.5 s); ``W`` stays (1 s)."""
         self._action(
             call.provider_call_id,
-            "answer",
-            {
-                "command_id": self._command_id("answer", call.call_id),
-                "client_state": encode_client_state(call.call_id),
-            },
+            "send_dtmf",
+            {"command_id": self._command_id("dtmf"), "digits": telnyx_dtmf(digits),
+             "duration_millis": DTMF_DURATION_MS},
         )
 
     def play_tts(self, call: CallSnapshot, text: str, *, listen_after: bool, turn_token: str | None) -> None:

@@ -42,6 +42,11 @@ EVENT_TYPES: dict[str, EventType] = {
     "call.transcription": EventType.SPEECH,
     "call.dtmf.received": EventType.DTMF,
     "call.hangup": EventType.ENDED,
+    # Our media stream (providers/telnyx/stream.py): started / stopped are ledger entries, a failed
+    # stream makes the call fall back to Telnyx speech and transcription.
+    "streaming.started": EventType.STREAM_STARTED,
+    "streaming.stopped": EventType.STREAM_STOPPED,
+    "streaming.failed": EventType.STREAM_FAILED,
 }
 
 # call.speak.ended statuses that mean the speech did not finish because the call is gone.
@@ -77,7 +82,7 @@ LEDGER_ENVELOPE = ("id", "event_type", "occurred_at", "record_type")
 LEDGER_PAYLOAD = (
     "call_control_id", "call_leg_id", "call_session_id", "direction", "from", "to", "state", "status",
     "hangup_cause", "hangup_source", "sip_hangup_cause", "digit", "digits", "transcription_data",
-    "transcription", "is_final", "confidence",
+    "transcription", "is_final", "confidence", "stream_id", "failure_reason",
 )
 
 # payload.direction → our direction.
@@ -89,6 +94,15 @@ DIRECTIONS: dict[str, str] = {
 }
 
 
+
+
+# send_dtmf: each digit's tone length; our pause characters -> Telnyx's (w = 0.5 s, W = 1 s).
+DTMF_DURATION_MS = 250
+DTMF_TRANSLATION = str.maketrans({",": "W", "p": "W", "P": "W"})
+
+
+def telnyx_dtmf(digits: str) -> str:
+    return digits.translate(DTMF_TRANSLATION)
 
 
 def encode_client_state(call_id: str) -> str:
