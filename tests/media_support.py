@@ -77,9 +77,9 @@ def stream_document(twilio: FakeTwilio, openai: FakeOpenAI, config: dict | None 
     return document
 
 
-def launch_daphne(directory: Path, document: dict) -> RunningServer:
+def launch_daphne(directory: Path, document: dict, port: int | None = None) -> RunningServer:
     """conftest's ``start_daphne``, for a server shared by the tests of this module."""
-    port = free_port()
+    port = port or free_port()
     document = {**document, "serve": {"port": port}}
     log = directory / f"daphne-{port}.log"
     proc = subprocess.Popen(

@@ -135,3 +135,48 @@ def test_outbound_frames_are_built_when_audio_arrives_not_when_sent():
     assert queued == [frames.media(b"\x01" * 160), frames.media(b"\x02" * 160)]
     assert json.loads(queued[0]) == {"event": "media", "streamSid": "MZ" + "0" * 32,
                                      "media": {"payload": base64.b64encode(b"\x01" * 160).decode()}}
+
+
+class _InstantSynth:
+    async def frames(self, text):
+        yield [bytes([7]) * 160] * 150  # 3 s of audio, all at once (a TTS far faster than real time)
+
+
+@pytest.mark.parametrize(("send_ahead", "burst"), [(0.0, range(1, 2)), (1.0, range(50, 56))])
+def test_audio_is_sent_ahead_of_playback_only_as_far_as_the_carrier_queue_allows(monkeypatch, send_ahead, burst):
+    """Twilio plays what it gets (paced: one frame, then wait); Telnyx/Plivo queue it (the first second
+    goes at once, then one frame per 20 ms) -- and the lead never exceeds the bound."""
+    sent: list[float] = []
+    first_sleep_after: list[int] = []
+
+    class RecordingAsyncio:
+        def __getattr__(self, name):
+            return getattr(asyncio, name)
+
+        async def sleep(self, delay):
+            if delay > 0 and not first_sleep_after:
+                first_sleep_after.append(len(sent))
+            await asyncio.sleep(delay)
+
+    monkeypatch.setattr("calls.media.playback.asyncio", RecordingAsyncio())
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+
+        async def send(text):
+            sent.append(loop.time())
+
+        playback = Playback(OutboundFrames("MZ1"), send, _InstantSynth(), on_failed=lambda u: None,
+                            on_stuck=None, probe=None, send_ahead=send_ahead)
+        started = loop.time()
+        playback.enqueue(Utterance(id="u", text="menu", entry_id=None, initial=False))
+        while len(sent) < 60:
+            await asyncio.sleep(0.005)
+        playback.close()
+        return started
+
+    started = asyncio.run(scenario())
+    assert first_sleep_after and first_sleep_after[0] in burst
+    # Frame i starts playing at started + i * 20 ms: it was never sent more than the bound before that.
+    leads = [started + index * 0.020 - at for index, at in enumerate(sent)]
+    assert max(leads) <= send_ahead + 0.005

@@ -23,7 +23,12 @@ its nested ``<Speak>`` and answers with the callee's next scripted line (``repli
 ``Speech`` to the action URL (or times out to the next element when there is none), ``<Wait>``
 shorter than ``park_after_seconds`` passes at once, a longer one parks the call until a transfer,
 a hang-up or ``end_wait()``, ``<Redirect>`` fetches and runs the new XML, ``<Hangup>`` ends the call
-and posts the hang-up callback. Everything received and sent is recorded for assertions.
+and posts the hang-up callback. ``<Stream>`` (bidirectional, ``keepCallAlive``, mu-law) opens the
+media WebSocket to the element's URL as Plivo does (``tests/fakes/carrier_media.py``: ``start``, then
+whatever the test sends; audio played back in real time), posts ``StartStream`` to its
+``statusCallbackUrl``, and holds the XML until the socket closes (then ``StopStream``, and the XML
+goes on); a hang-up or transfer closes the socket. ``call.media`` is that stream. Everything received
+and sent is recorded for assertions.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
 import requests
 from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
 
+from tests.fakes.carrier_media import PlivoMediaStream
 from tests.fakes.faults import CreateFaults
 
 DEFAULT_AUTH_ID = "MAFAKEPLIVO000000001"  # 20 chars starting with MA, like a real auth id
@@ -115,6 +121,8 @@ class FakeCall:
     digits_received: list[str] = field(default_factory=list)
     generation: int = 0  # bumped by each transfer: the XML flow that was running is abandoned
     parked: list[ET.Element] | None = None  # elements left after a long <Wait>
+    media: PlivoMediaStream | None = None
+    stream_element: dict[str, str] | None = None  # the attributes of the <Stream> that opened it
 
 
 class FakePlivo:
@@ -131,6 +139,7 @@ class FakePlivo:
         self.create_faults = CreateFaults()  # injected faults of POST /Call/ (tests/fakes/faults.py)
         self.answer_before_responding = False  # run the answer callback before the 201 (a race)
         self.park_after_seconds = 30
+        self.fail_streams = False  # a <Stream> cannot connect: DroppedStream, and the XML goes on
         self.rest: list[RestRequest] = []
         self.deliveries: list[Delivery] = []
         self.calls: dict[str, FakeCall] = {}
@@ -332,9 +341,53 @@ class FakePlivo:
             elif element.tag == "Redirect":
                 self._fetch_and_run(call, (element.text or "").strip(), generation)
                 return
+            elif element.tag == "Stream":
+                self._stream(call, element, elements[index + 1:], generation)
+                return
             else:
                 self.errors.append(f"unexpected element {element.tag}")
         call.parked = []
+
+    def _stream(self, call: FakeCall, element: ET.Element, rest: list[ET.Element], generation: int) -> None:
+        """``<Stream>``: connect, report ``StartStream``, hold the XML while the socket is open."""
+        call.stream_element = dict(element.attrib)
+        if (element.get("bidirectional") != "true" or element.get("keepCallAlive") != "true"
+                or element.get("contentType") != "audio/x-mulaw;rate=8000"):
+            self.errors.append(f"<Stream> is not a bidirectional mu-law call-holding stream: {element.attrib}")
+        callback = element.get("statusCallbackUrl")
+        stream = PlivoMediaStream((element.text or "").strip())
+        try:
+            if self.fail_streams:
+                raise ConnectionRefusedError("the fake could not reach the stream URL")
+            stream.connect()
+        except Exception as exc:
+            if callback:
+                self._deliver(call, callback, {"Event": "DroppedStream", "StreamID": stream.stream_id,
+                                               "Error": f"connection failed: {type(exc).__name__}"})
+            self._run(call, rest, generation)
+            return
+        call.media = stream
+        stream.send_start(call.call_uuid)
+        if callback:
+            self._deliver(call, callback, {"Event": "StartStream", "StreamID": stream.stream_id})
+
+        def watch() -> None:  # keepCallAlive: the XML goes on once the socket closes
+            stream.closed.wait()
+            self._enqueue(lambda: self._stream_closed(call, stream, callback, rest, generation))
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    def _stream_closed(self, call: FakeCall, stream: PlivoMediaStream, callback: str | None,
+                       rest: list[ET.Element], generation: int) -> None:
+        if callback:
+            self._deliver(call, callback, {"Event": "StopStream", "StreamID": stream.stream_id})
+        if call.state != "ended" and call.generation == generation:
+            self._run(call, rest, generation)
+
+    @staticmethod
+    def _close_stream(call: FakeCall) -> None:
+        if call.media is not None and not call.media.closed.is_set():
+            threading.Thread(target=call.media.close, daemon=True).start()
 
     def _finish(self, call: FakeCall, status: str, *, source: str, cause: str = "NORMAL_CLEARING") -> None:
         """End the call and post the hang-up callback (from the executor thread)."""
@@ -343,6 +396,7 @@ class FakePlivo:
         call.state, call.end_status, call.hangup_source = "ended", status, source
         call.ended_at = datetime.now(UTC)
         call.generation += 1
+        self._close_stream(call)
         if not call.hangup_url:
             return
         duration = int((call.ended_at - (call.answered_at or call.ended_at)).total_seconds())
@@ -485,6 +539,7 @@ class FakePlivo:
                 return 400, {"api_id": api_id, "error": "legs and aleg_url are required"}, None
             call.generation += 1
             call.parked = None
+            self._close_stream(call)  # the new XML replaces the <Stream> that held the call
             generation, url = call.generation, body["aleg_url"]
             self._enqueue(lambda: self._fetch_and_run(call, url, generation))
             return 202, {"api_id": api_id, "message": "call transferred"}, None

@@ -20,6 +20,11 @@ leave from one background thread in order, like Telnyx's per-call sequencing:
 * transcription_start → the callee's next scripted line as ``call.transcription`` (an interim
   ``is_final: false`` result first, then the final one);
 * hangup → ``call.hangup`` (``normal_clearing``).
+* a dial or answer carrying ``stream_url`` (or ``streaming_start``): once the call is answered the
+  fake opens the media WebSocket to that URL as Telnyx does (``tests/fakes/carrier_media.py``:
+  ``connected``, ``start``, then whatever the test sends; audio played back in real time) and posts
+  ``streaming.started`` -- or ``streaming.failed`` when the socket cannot be opened; hangup sends
+  ``stop``, closes the socket and posts ``streaming.stopped``. ``call.media`` is that stream.
 
 Everything the fake receives and sends is recorded (``commands``, ``deliveries``) for assertions;
 ``idle()`` says whether every queued webhook went out. ``dial_gate`` holds dial requests (a slow
@@ -47,6 +52,7 @@ from urllib.parse import unquote, urlsplit
 import requests
 from nacl.signing import SigningKey
 
+from tests.fakes.carrier_media import TelnyxMediaStream
 from tests.fakes.faults import CreateFaults
 from tests.fakes.polling import wait_until
 
@@ -97,6 +103,12 @@ class FakeCall:
     call_leg_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     call_session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     replies: deque[str] = field(default_factory=deque)
+    stream_request: dict[str, Any] | None = None  # the stream_* fields of the dial/answer/streaming_start
+    media: TelnyxMediaStream | None = None
+
+
+STREAM_FIELDS = ("stream_url", "stream_track", "stream_bidirectional_mode", "stream_bidirectional_codec",
+                 "stream_auth_token", "stream_codec")
 
 
 class FakeTelnyx:
@@ -120,6 +132,8 @@ class FakeTelnyx:
         self.answer_outbound = True
         self.unanswered_hangup_cause = "timeout"
         self.send_partial_transcripts = True
+        self.auto_stream = True  # open the media WebSocket of a call that requested one
+        self.fail_streams = False  # report streaming.failed instead of connecting
         # A slow carrier: while ``dial_gate`` is clear, dial requests are received (and recorded, and
         # ``dial_received`` set) but not answered; ``dial_gate.set()`` lets them through. A carrier
         # does not know its client died, so a held dial is still placed after the client is gone.
@@ -257,6 +271,12 @@ class FakeTelnyx:
             if item is None:
                 self._outbox.task_done()
                 return
+            if callable(item):  # a step of the far end, in order with the webhooks around it
+                try:
+                    item()
+                finally:
+                    self._outbox.task_done()
+                continue
             call, document = item
             body = self.encode(document)
             delivery = Delivery(
@@ -404,6 +424,11 @@ class FakeTelnyx:
             if body.get("client_state"):
                 call.client_state = body["client_state"]
             self.emit(call, "call.answered")
+            self._request_stream(call, body)
+        elif action == "streaming_start":
+            if not body.get("stream_url"):
+                return 422, {"errors": [{"code": "10015", "title": "Invalid parameter", "detail": "stream_url"}]}
+            self._request_stream(call, body)
         elif action == "speak":
             if not body.get("payload"):
                 return 422, {"errors": [{"code": "10015", "title": "Invalid parameter", "detail": "payload"}]}
@@ -420,9 +445,46 @@ class FakeTelnyx:
                     "transcript": line, "is_final": True, "confidence": 0.93, "transcription_track": "inbound"})
         elif action == "hangup":
             call.alive, call.state = False, "hangup"
+            self._stop_stream(call)
             self.emit(call, "call.hangup", hangup_cause="normal_clearing", hangup_source="unknown")
         # transcription_stop and any other action: acknowledged
         return ok
+
+    # --- media streaming ------------------------------------------------------------------------
+    def _request_stream(self, call: FakeCall, body: dict) -> None:
+        """A command carried ``stream_url``: connect once the webhooks before it went out."""
+        if not body.get("stream_url"):
+            return
+        call.stream_request = {k: body[k] for k in STREAM_FIELDS if k in body}
+        if self.auto_stream:
+            self._outbox.put(lambda: self._open_stream(call))
+
+    def _open_stream(self, call: FakeCall) -> None:
+        if not call.alive:
+            return
+        stream = TelnyxMediaStream(call.stream_request["stream_url"])
+        if self.fail_streams:  # Telnyx could not reach the stream URL
+            self.emit(call, "streaming.failed", failure_reason="connection to the stream URL failed",
+                      stream_id=stream.stream_id, stream_params={"stream_url": call.stream_request["stream_url"]})
+            return
+        try:
+            stream.connect()
+        except Exception as exc:  # refused upgrade, nothing listening: Telnyx reports it by webhook
+            self.emit(call, "streaming.failed", failure_reason=f"connection failed: {type(exc).__name__}",
+                      stream_id=stream.stream_id, stream_params={"stream_url": call.stream_request["stream_url"]})
+            return
+        call.media = stream
+        stream.send_connected()
+        stream.send_start(call.call_control_id, call.client_state)
+        self.emit(call, "streaming.started", stream_url=call.stream_request["stream_url"])
+
+    def _stop_stream(self, call: FakeCall) -> None:
+        stream = call.media
+        if stream is None or stream.closed.is_set():
+            return
+        stream.send_stop(call.call_control_id)
+        threading.Thread(target=stream.close, daemon=True).start()  # never block the API on it
+        self.emit(call, "streaming.stopped", stream_url=(call.stream_request or {}).get("stream_url"))
 
     def _dial(self, body: dict) -> tuple[int, dict]:
         missing = [k for k in ("connection_id", "to", "from", "webhook_url") if not body.get(k)]
@@ -435,6 +497,7 @@ class FakeTelnyx:
         if self.answer_outbound:
             call.state = "answered"
             self.emit(call, "call.answered")
+            self._request_stream(call, body)
         else:
             call.alive, call.state = False, "hangup"
             self.emit(call, "call.hangup", hangup_cause=self.unanswered_hangup_cause, hangup_source="callee")
