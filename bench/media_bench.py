@@ -2,13 +2,22 @@
 
     .venv/bin/python bench/media_bench.py [--streams 1,32,128,256] [--workers 2] [--seconds 6]
                                           [--passes 1] [--speaks 30] [--drift-seconds 0]
+                                          [--carrier twilio|telnyx|plivo]
 
 Needs PostgreSQL and Redis on 127.0.0.1: a throwaway database (``vc_media_bench_<pid>`` via
 ``--pg-url``, dropped at the end) and one Redis database of its own (``--redis-url``, default db 12)
 as channel layer, as a scaled-out host runs. The carriers are the local fakes from ``tests/fakes``
-(Twilio REST for hang-ups, OpenAI TTS whose first byte is immediate, realtime STT), in a child process
-of their own; this script plays Twilio's side of every media-stream WebSocket with the
-``websockets`` asyncio client.
+(the carrier's REST API for hang-ups, OpenAI TTS whose first byte is immediate, realtime STT), in a
+child process of their own; this script plays the carrier's side of every media-stream WebSocket
+(``--carrier``: Twilio, Telnyx or Plivo, each in its own wire format and with its own credential:
+Twilio's ``customParameters``, the others' URL query) with the ``websockets`` asyncio client.
+
+Twilio plays what it receives at once, so the gaps are between *arrivals* of audio frames. Telnyx and
+Plivo queue what they receive and play it in order; we send them up to ``send_ahead_seconds`` ahead
+(``providers/media_stream.py``), so arrivals come in a burst and then every 20 ms, and what the caller
+hears is the carrier's playout: the client replays the arrivals through such a queue (a frame plays
+20 ms after the one before it, or when it arrives if the queue ran dry) and the gaps are between
+*played* frames -- a gap over 20 ms is an underrun the caller hears. The floor sends ahead the same way.
 
 **Ours** is one ``voicecall serve --no-worker --workers W`` (W daphne processes on one port, the
 kernel spreads the sockets); CPU and memory are summed over its daphne processes. **Floor**, in the
@@ -74,12 +83,53 @@ CALLER_FRAME = base64.b64encode(bytes([0x7F]) * 160).decode()  # near-silent cal
 LAG_TICK_S = 0.005
 
 
-class StreamClient:
-    """Twilio's side of one media stream: sends start and 50 caller frames a second, and records when
-    each outbound frame arrives (perf_counter)."""
+# Per carrier: how its frames start (to tell audio from marks without parsing JSON on the client),
+# how far ahead of playback audio is sent to it, and the start message it sends.
+CARRIERS = {
+    "twilio": {"audio_prefix": '{"event":"media"', "mark": '"mark"', "send_ahead": 0.0},
+    "telnyx": {"audio_prefix": '{"event":"media"', "mark": '"mark"', "send_ahead": 1.0},
+    "plivo": {"audio_prefix": '{"event":"playAudio"', "mark": '"checkpoint"', "send_ahead": 1.0},
+}
 
-    def __init__(self, url: str, call_sid: str, token: str, stream_sid: str):
+
+def start_frames(carrier: str, stream_sid: str, call_sid: str, token: str) -> list[str]:
+    if carrier == "telnyx":
+        return [json.dumps({"event": "connected", "version": "1.0.0"}), json.dumps({
+            "event": "start", "sequence_number": "1", "stream_id": stream_sid,
+            "start": {"call_control_id": call_sid, "media_format": {"encoding": "PCMU", "sample_rate": 8000,
+                                                                     "channels": 1}}})]
+    if carrier == "plivo":
+        return [json.dumps({"event": "start", "sequenceNumber": 1, "start": {
+            "callId": call_sid, "streamId": stream_sid, "accountId": "MA" + "0" * 18, "tracks": ["inbound"],
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000}}, "extra_headers": None})]
+    return [json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}), json.dumps({
+        "event": "start", "sequenceNumber": "1", "streamSid": stream_sid,
+        "start": {"streamSid": stream_sid, "callSid": call_sid, "tracks": ["inbound"],
+                  "customParameters": {"token": token},
+                  "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})]
+
+
+def caller_frame_parts(carrier: str, stream_sid: str) -> tuple[str, str, str]:
+    """(prefix, middle, suffix) of one caller media frame: prefix + seq + middle + chunk + suffix."""
+    payload = '","timestamp":"0","payload":"' + CALLER_FRAME + '"}'
+    if carrier == "telnyx":
+        return ('{"event":"media","sequence_number":"', '","media":{"track":"inbound","chunk":"',
+                payload + ',"stream_id":"' + stream_sid + '"}')
+    if carrier == "plivo":
+        return ('{"event":"media","sequenceNumber":', ',"media":{"track":"inbound","chunk":"',
+                payload + ',"streamId":"' + stream_sid + '"}')
+    return '{"event":"media","sequenceNumber":"', '","media":{"track":"inbound","chunk":"', (
+        payload + ',"streamSid":"' + stream_sid + '"}')
+
+
+class StreamClient:
+    """The carrier's side of one media stream: sends start and 50 caller frames a second, and records
+    when each outbound frame arrives (perf_counter)."""
+
+    def __init__(self, url: str, call_sid: str, token: str, stream_sid: str, carrier: str = "twilio"):
         self.url, self.call_sid, self.token, self.stream_sid = url, call_sid, token, stream_sid
+        self.carrier = carrier
+        self.audio_prefix, self.mark_text = CARRIERS[carrier]["audio_prefix"], CARRIERS[carrier]["mark"]
         self.arrivals: list[tuple[float, bool]] = []  # (time, is_audio)
         self.start_sent = 0.0
         self.marks = 0
@@ -89,14 +139,11 @@ class StreamClient:
 
     async def open(self, *, caller_audio: bool = True) -> None:
         self.ws = await websockets.connect(self.url, max_size=2**20, compression=None, open_timeout=60)
-        await self.ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+        *before, start = start_frames(self.carrier, self.stream_sid, self.call_sid, self.token)
+        for frame in before:
+            await self.ws.send(frame)
         self.start_sent = time.perf_counter()
-        await self.ws.send(json.dumps({
-            "event": "start", "sequenceNumber": "1", "streamSid": self.stream_sid,
-            "start": {"streamSid": self.stream_sid, "callSid": self.call_sid, "tracks": ["inbound"],
-                      "customParameters": {"token": self.token},
-                      "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
-        }))
+        await self.ws.send(start)
         loop = asyncio.get_running_loop()
         self.tasks.append(loop.create_task(self._read()))
         if caller_audio:
@@ -106,22 +153,20 @@ class StreamClient:
         try:
             async for raw in self.ws:
                 now = time.perf_counter()
-                if raw.startswith('{"event":"media"'):
-                    payload = raw[raw.index('"payload":"') + 11 : -3]
+                if raw.startswith(self.audio_prefix):
+                    payload = raw[raw.index('"payload":"') + 11:]
                     first = base64.b64decode(payload[:4])[0]
                     self.arrivals.append((now, first != SILENCE_BYTE))
-                elif '"mark"' in raw:
+                elif self.mark_text in raw:
                     self.marks += 1
                     self.mark_event.set()
         except websockets.ConnectionClosed:
             pass
 
     async def _talk(self) -> None:
-        """Caller audio as Twilio sends it: one inbound media frame per 20 ms, deadline-paced."""
+        """Caller audio as the carrier sends it: one inbound media frame per 20 ms, deadline-paced."""
         loop = asyncio.get_running_loop()
-        prefix = '{"event":"media","sequenceNumber":"'
-        middle = '","media":{"track":"inbound","chunk":"'
-        suffix = '","timestamp":"0","payload":"' + CALLER_FRAME + '"},"streamSid":"' + self.stream_sid + '"}'
+        prefix, middle, suffix = caller_frame_parts(self.carrier, self.stream_sid)
         next_at = loop.time()
         for chunk in itertools.count(1):
             try:
@@ -144,9 +189,21 @@ class StreamClient:
             await asyncio.wait(self.tasks, timeout=5)
 
 
+def played_times(arrivals: list[float]) -> list[float]:
+    """When a carrier that queues would start playing each frame: 20 ms after the previous one, or on
+    arrival when its queue had run dry."""
+    played: list[float] = []
+    for arrived in arrivals:
+        played.append(arrived if not played else max(played[-1] + FRAME_S, arrived))
+    return played
+
+
 def audio_gaps(client: StreamClient) -> tuple[list[float], float, int]:
-    """Gaps between consecutive audio frames; drift of the utterance; audio frame count."""
+    """Gaps between consecutive audio frames as the caller hears them (arrivals on Twilio, the
+    carrier's playout on Telnyx/Plivo); drift of the utterance; audio frame count."""
     audio = [t for t, is_audio in client.arrivals if is_audio]
+    if CARRIERS[client.carrier]["send_ahead"]:
+        audio = played_times(audio)
     gaps = [b - a for a, b in itertools.pairwise(audio)]
     drift = (audio[-1] - audio[0]) - (len(audio) - 1) * FRAME_S if len(audio) > 1 else 0.0
     return gaps, drift, len(audio)
@@ -224,7 +281,7 @@ class Bench:
         self.set_tts_ms(int(self.args.seconds * 1000))
         self.port = free_port()
         document = {
-            **fakes["twilio"],
+            **fakes[self.args.carrier],
             "maxConcurrentCalls": 10000,
             "serve": {"port": self.port},
             "tts": fakes["tts"],
@@ -248,7 +305,8 @@ class Bench:
         while len(self.daphne_pids()) < self.args.workers and time.monotonic() < deadline:
             time.sleep(0.1)
         self.floor_port = free_port()
-        self.floor = subprocess.Popen([sys.executable, __file__, "--floor", str(self.floor_port)], cwd=REPO,
+        self.floor = subprocess.Popen([sys.executable, __file__, "--floor", str(self.floor_port), self.args.carrier],
+                                      cwd=REPO,
                                       env={**os.environ, "PYTHONPATH": str(REPO)})
         self.procs.append(self.floor)
         wait_for_port(self.floor_port, self.floor)
@@ -300,31 +358,39 @@ class Bench:
         from calls.media import control as streams
         from calls.models import Call
 
+        carrier = self.args.carrier
         calls = []
         for _ in range(count):
-            sid = "CA" + uuid.uuid4().hex  # the fake Twilio answers 404 to its hang-up: "already gone"
+            # Ids the fake carrier does not know: it answers 404 to the hang-up ("already gone").
+            sid = {"twilio": "CA" + uuid.uuid4().hex, "telnyx": "v3:" + uuid.uuid4().hex}.get(carrier, str(uuid.uuid4()))
             call = Call.objects.create(
-                provider="twilio", provider_call_id=sid, direction="inbound", mode="conversation",
+                provider=carrier, provider_call_id=sid, direction="inbound", mode="conversation",
                 state="listening", from_number="+15550001000", to_number="+15550002000",
                 initial_message=greeting or "", initial_message_delivered=not greeting, answered_at=timezone.now(),
             )
             calls.append((call, streams.mint_stream_token(call)))
         return calls
 
-    def client_for(self, port: int, call_sid: str, token: str) -> StreamClient:
+    def client_for(self, port: int, call_sid: str, token: str, call_id: str = "") -> StreamClient:
         self.seq += 1
-        return StreamClient(f"ws://127.0.0.1:{port}/voice/stream", call_sid, token, f"MZ{self.seq:032x}")
+        carrier = self.args.carrier
+        url = f"ws://127.0.0.1:{port}/voice/stream"
+        if carrier != "twilio":  # Telnyx and Plivo connect to the URL as given: the credential is in it
+            url += f"?callId={call_id}&token={token}"
+        stream_sid = f"MZ{self.seq:032x}" if carrier == "twilio" else str(uuid.UUID(int=self.seq))
+        return StreamClient(url, call_sid, token, stream_sid, carrier)
 
     # --- a round -----------------------------------------------------------------------------------
     async def round(self, count: int, *, floor: bool, seconds: float | None = None) -> dict:
         seconds = seconds or self.args.seconds
         if floor:
-            clients = [self.client_for(self.floor_port, f"CA{n:032x}", "floor") for n in range(count)]
+            clients = [self.client_for(self.floor_port, f"CA{n:032x}", "floor", str(uuid.UUID(int=n)))
+                       for n in range(count)]
             pids = [self.floor.pid]
         else:
             await asyncio.to_thread(self.set_tts_ms, int(seconds * 1000))
             calls = await asyncio.to_thread(self.new_calls, count, f"Pacing run with {count} streams")
-            clients = [self.client_for(self.port, call.provider_call_id, token) for call, token in calls]
+            clients = [self.client_for(self.port, call.provider_call_id, token, str(call.id)) for call, token in calls]
             pids = self.daphne_pids()
         # Memory per stream: the server's resident set while N streams play, over its size just before.
         rss_before, rss_peak, sampling = rss_kib(pids), [0], asyncio.Event()
@@ -365,7 +431,7 @@ class Bench:
 
         await asyncio.to_thread(self.set_tts_ms, 200)
         (call, token), = await asyncio.to_thread(self.new_calls, 1, None)
-        client = self.client_for(self.port, call.provider_call_id, token)
+        client = self.client_for(self.port, call.provider_call_id, token, str(call.id))
         await client.open(caller_audio=False)
         while not await asyncio.to_thread(streams.has_live_stream, str(call.id)):
             await asyncio.sleep(0.01)
@@ -421,7 +487,9 @@ async def run(bench: Bench) -> None:
     latency = await bench.latency(bench.args.speaks)
 
     print(f"\nMachine: nproc={os.cpu_count()}, {cpu_model()}, Python {platform.python_version()}, "
-          f"websockets {websockets.__version__}; ours = `voicecall serve --workers {bench.args.workers}` "
+          f"websockets {websockets.__version__}; carrier {bench.args.carrier} "
+          f"({'gaps between played frames of the carrier queue' if CARRIERS[bench.args.carrier]['send_ahead'] else 'gaps between arrivals'}); "
+          f"ours = `voicecall serve --workers {bench.args.workers}` "
           f"(PostgreSQL, Redis channel layer); floor = minimal asyncio media server, one process; "
           f"{bench.args.seconds:g} s greeting per stream, caller audio 50 frames/s per stream; "
           f"best of {bench.args.passes} pass(es) by gap p99; load average at the end "
@@ -459,30 +527,45 @@ async def run(bench: Bench) -> None:
     print(f"\ntotal bench time {time.monotonic() - bench.started:.0f} s")
 
 
-def serve_floor(port: int) -> None:
+def serve_floor(port: int, carrier: str) -> None:
     """The floor: a minimal asyncio media server. Per socket: parse every frame; on ``start`` pace
-    out the greeting's frames (prebuilt) on a deadline clock, then a mark."""
+    out the greeting's frames (prebuilt, in the carrier's shape) on a deadline clock -- up to the
+    same ``send_ahead`` ahead as ours for a carrier that queues -- then a mark."""
     frames_per_greeting = int(float(os.environ.get("MEDIA_BENCH_SECONDS", "6")) / FRAME_S)
+    ahead = CARRIERS[carrier]["send_ahead"]
+    payload = base64.b64encode(bytes([0x55]) * 160).decode()
+
+    def frames_for(stream_sid: str) -> tuple[str, str]:
+        if carrier == "telnyx":
+            return '{"event":"media","media":{"payload":"' + payload + '"}}', '{"event":"mark","mark":{"name":"done"}}'
+        if carrier == "plivo":
+            return ('{"event":"playAudio","media":{"contentType":"audio/x-mulaw","sampleRate":8000,"payload":"'
+                    + payload + '"}}', '{"event":"checkpoint","streamId":"' + stream_sid + '","name":"done"}')
+        return ('{"event":"media","streamSid":"' + stream_sid + '","media":{"payload":"' + payload + '"}}',
+                '{"event":"mark","streamSid":"' + stream_sid + '","mark":{"name":"done"}}')
 
     async def handler(ws) -> None:
         pacer = None
 
         async def pace(stream_sid: str) -> None:
             loop = asyncio.get_running_loop()
-            frame = ('{"event":"media","streamSid":"' + stream_sid + '","media":{"payload":"'
-                     + base64.b64encode(bytes([0x55]) * 160).decode() + '"}}')
-            next_at = loop.time()
+            frame, mark = frames_for(stream_sid)
+            next_at = loop.time()  # when the next frame plays; it is sent ``ahead`` before that
             for _ in range(frames_per_greeting):
                 await ws.send(frame)
                 next_at += FRAME_S
-                await asyncio.sleep(max(0.0, next_at - loop.time()))
-            await ws.send('{"event":"mark","streamSid":"' + stream_sid + '","mark":{"name":"done"}}')
+                await asyncio.sleep(max(0.0, next_at - ahead - loop.time()))
+            await ws.send(mark)
+
+        def stream_id_of(message: dict) -> str:
+            start = message.get("start") or {}
+            return message.get("streamSid") or message.get("stream_id") or start.get("streamId") or "s"
 
         try:
             async for raw in ws:
                 message = json.loads(raw)
                 if message.get("event") == "start" and pacer is None:
-                    pacer = asyncio.get_running_loop().create_task(pace(message["streamSid"]))
+                    pacer = asyncio.get_running_loop().create_task(pace(stream_id_of(message)))
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -499,20 +582,30 @@ def serve_floor(port: int) -> None:
 
 
 def serve_fakes() -> None:
-    """Child process: the fake Twilio REST API and fake OpenAI, driven by lines on stdin."""
+    """Child process: the fake carrier REST APIs and fake OpenAI, driven by lines on stdin."""
     from tests.fakes.openai import FakeOpenAI
+    from tests.fakes.plivo import FakePlivo
+    from tests.fakes.telnyx import FakeTelnyx
     from tests.fakes.twilio import FakeTwilio, twilio_config
 
-    twilio, openai = FakeTwilio().start(), FakeOpenAI().start()
-    print(json.dumps({"twilio": twilio_config(twilio), "tts": openai.tts_config(),
-                      "streaming": openai.streaming_config()}), flush=True)
+    twilio, telnyx, plivo, openai = FakeTwilio().start(), FakeTelnyx().start(), FakePlivo().start(), FakeOpenAI().start()
+    public = {"fromNumber": "+15550001000", "publicUrl": "https://voice.example.test/voice/webhook"}  # no webhooks here
+    print(json.dumps({
+        "twilio": twilio_config(twilio),
+        "telnyx": {"provider": "telnyx", **public, "telnyx": {
+            "apiKey": telnyx.api_key, "connectionId": telnyx.connection_id, "publicKey": telnyx.public_key,
+            "apiBaseUrl": telnyx.base_url}},
+        "plivo": {"provider": "plivo", **public, "plivo": {
+            "authId": plivo.auth_id, "authToken": plivo.auth_token, "apiBaseUrl": plivo.base_url}},
+        "tts": openai.tts_config(), "streaming": openai.streaming_config()}), flush=True)
     for line in sys.stdin:
         command, _, value = line.strip().partition(" ")
         if command == "tts_ms":
             openai.tts_ms = int(value)
         print("ok", flush=True)
     openai.stop()
-    twilio.stop()
+    for fake in (twilio, telnyx, plivo):
+        fake.stop()
 
 
 def main() -> None:
@@ -520,7 +613,7 @@ def main() -> None:
         serve_fakes()
         return
     if sys.argv[1:2] == ["--floor"]:
-        serve_floor(int(sys.argv[2]))
+        serve_floor(int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "twilio")
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", default="1,32,128,256")
@@ -532,6 +625,8 @@ def main() -> None:
     parser.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
                         help="admin connection used to create and drop the throwaway database")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
+    parser.add_argument("--carrier", choices=sorted(CARRIERS), default="twilio",
+                        help="whose media-stream protocol the clients (and the floor) speak")
     args = parser.parse_args()
     os.environ["MEDIA_BENCH_SECONDS"] = str(args.seconds)
     bench = Bench(args)
