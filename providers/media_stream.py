@@ -238,10 +238,12 @@ def credential_stream_url(settings: ProviderSettings, call_id: str, token: str) 
 
 
 def streaming_possible(settings: ProviderSettings) -> bool:
-    """A call can be offered a media stream: streaming enabled, a public URL, and telephony TTS that
-    can speak over it (without TTS the call keeps the carrier's own voice)."""
+    """A call can be offered a media stream: streaming enabled, a public URL, and something to speak
+    over it -- the realtime model, or telephony TTS (without TTS the call keeps the carrier's voice)."""
     if not settings.streaming.enabled or stream_url(settings) is None:
         return False
+    if settings.streaming.realtime:
+        return True
     from providers.tts import telephony_tts_problem
 
     return telephony_tts_problem(settings) is None

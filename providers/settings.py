@@ -69,7 +69,8 @@ class WebhookTrustSettings:
 
 @dataclass(frozen=True)
 class StreamingSettings:
-    enabled: bool = False
+    enabled: bool = False  # conversation calls get a media stream (streamed STT/TTS, or realtime)
+    realtime: bool = False  # the stream is bridged to a realtime speech-to-speech session
     stream_path: str = "/voice/stream"
     provider: str | None = None
     # Vendor-owned and free-form (the STT keys).

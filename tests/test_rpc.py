@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, connections, transaction
+from django.db import DatabaseError, connection, connections, transaction
 from django.test import Client
 from django.utils import timezone
 
@@ -300,6 +300,25 @@ def test_status_finds_calls_by_either_id_and_lists_live_calls(client):
     assert [c["callId"] for c in listing["calls"]] == [str(call.id)]
 
 
+def row_lock_is_free(call):
+    def check() -> bool:
+        try:
+            with transaction.atomic():
+                Call.objects.select_for_update(nowait=True).get(id=call.id)
+        except DatabaseError:
+            return False
+        return True
+
+    return check
+
+
+def idle_in_transaction() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND state LIKE 'idle in transaction%%'")
+        return cursor.fetchone()[0]
+
+
 def test_blocking_continue_returns_the_callers_reply_without_holding_a_transaction(client):
     call = AnsweredCallFactory()
     outcome = {}
@@ -313,14 +332,13 @@ def test_blocking_continue_returns_the_callers_reply_without_holding_a_transacti
     thread = threading.Thread(target=run)
     thread.start()
     pending_turn(call)
-    # While it waits, the call row is not locked and no connection sits in an open transaction.
-    with transaction.atomic():
-        assert Call.objects.select_for_update(nowait=True).get(id=call.id)
+    # While it waits, the call row is not locked and no connection sits in an open transaction. (The
+    # turn's short transactions -- the prompt being spoken -- may still be running right after the
+    # turn is pending, so these are waited for; a transaction held through the wait never ends.)
+    wait_for(row_lock_is_free(call), what="the call row unlocked")
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                           "AND state LIKE 'idle in transaction%%'")
-            assert cursor.fetchone()[0] == 0
+        wait_for(lambda: idle_in_transaction() == 0, what="no session idle in a transaction")
+    assert thread.is_alive()  # still waiting for the reply
     say(client, call, "Tuesday works", "reply-1")
     thread.join(timeout=15)
     assert not thread.is_alive()

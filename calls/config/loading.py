@@ -315,11 +315,25 @@ def _cross_field_errors(data: dict[str, Any], prefix: str) -> list[str]:
         required(("telnyx", "publicKey"), "TELNYX_PUBLIC_KEY", " unless skipSignatureVerification is true")
 
     streaming = data.get("streaming")
-    if isinstance(streaming, dict) and streaming.get("enabled") is True and provider not in STREAMING_PROVIDERS:
+    streaming_on = isinstance(streaming, dict) and streaming.get("enabled") is True
+    if streaming_on and provider not in STREAMING_PROVIDERS:
         errors.append(
             f"{join_key(prefix, 'streaming.enabled')}: requires provider twilio, telnyx or plivo "
             f"(provider {provider} has no media streams; it speaks and listens as text only)"
         )
+    realtime = data.get("realtime")
+    if isinstance(realtime, dict) and realtime.get("enabled") is True:
+        if streaming_on:
+            errors.append(
+                f"{join_key(prefix, 'realtime.enabled')}: cannot be combined with "
+                f"{join_key(prefix, 'streaming.enabled')} (a realtime call's model does its own speech in and "
+                "out; enable one of the two)"
+            )
+        elif provider not in STREAMING_PROVIDERS:
+            errors.append(
+                f"{join_key(prefix, 'realtime.enabled')}: requires provider twilio, telnyx or plivo "
+                f"(realtime voice rides on a carrier media stream; provider {provider} has none)"
+            )
     return errors
 
 

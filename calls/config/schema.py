@@ -244,6 +244,47 @@ class StreamingConfig(_Section):
     max_connections: PositiveInt = 128
 
 
+def _check_ws_url(value: Any) -> str:
+    message = "must be a ws or wss URL with a host, like wss://api.openai.com/v1"
+    if not isinstance(value, str):
+        raise _invalid(message)
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:
+        raise _invalid(message) from None
+    if parts.scheme not in ("ws", "wss") or not host:
+        raise _invalid(message)
+    return value
+
+
+WsUrlStr = Annotated[str, PlainValidator(_check_ws_url, json_schema_input_type=str)]
+
+
+class RealtimeOpenAIConfig(_Section):
+    """``realtime.providers.openai``: the OpenAI Realtime (GA) session every streamed call talks to."""
+
+    api_key: NonEmptyStr | None = None  # or OPENAI_API_KEY
+    base_url: WsUrlStr = "wss://api.openai.com/v1"  # the client connects to {baseUrl}/realtime?model=…
+    model: NonEmptyStr = "gpt-realtime"
+    voice: NonEmptyStr = "marin"
+
+
+class RealtimeProviders(_Section):
+    openai: RealtimeOpenAIConfig = Field(default_factory=RealtimeOpenAIConfig)
+
+
+class RealtimeConfig(_Section):
+    """Speech-to-speech conversations: each conversation call's media stream is bridged to one
+    realtime model session (calls/media/realtime.py)."""
+
+    enabled: bool = False
+    provider: Literal["openai"] = "openai"
+    instructions: str | None = None
+    idle_hangup_ms: PositiveInt = 30000
+    providers: RealtimeProviders = Field(default_factory=RealtimeProviders)
+
+
 class ResponderConfig(_Section):
     base_url: HttpUrlStr | None = None
     api_key: NonEmptyStr | None = None
@@ -309,6 +350,7 @@ class VoiceCallConfig(_Section):
     tailscale: TailscaleConfig = Field(default_factory=TailscaleConfig)
     webhook_security: WebhookSecurityConfig = Field(default_factory=WebhookSecurityConfig)
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
+    realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
     skip_signature_verification: bool = False
     tts: dict[str, Any] | None = None
     # messages.tts of the wrapper document; the loader refuses it as a file key (see INTERNAL_FIELDS).
@@ -321,6 +363,12 @@ class VoiceCallConfig(_Section):
     rpc: RpcConfig = Field(default_factory=RpcConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     store: str | None = None  # accepted for compatibility with OpenClaw files; calls live in the DB
+
+    @property
+    def live_audio(self) -> bool:
+        """Conversation calls carry a media stream: streamed STT + TTS (``streaming``) or a realtime
+        speech-to-speech session (``realtime``); the two are exclusive (the loader says so)."""
+        return self.streaming.enabled or self.realtime.enabled
 
     def effective_tts(self, number: str | None = None) -> dict[str, Any]:
         """Core ``messages.tts`` deep-merged with the plugin ``tts`` (§6.3).
@@ -392,7 +440,8 @@ class VoiceCallConfig(_Section):
                 ),
             ),
             streaming=s.StreamingSettings(
-                enabled=self.streaming.enabled,
+                enabled=self.live_audio,
+                realtime=self.realtime.enabled,
                 stream_path=self.streaming.stream_path,
                 provider=self.streaming.provider,
                 providers=MappingProxyType(copy.deepcopy(self.streaming.providers)),

@@ -47,21 +47,23 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from calls import metrics
 from calls.config import get_config
 from calls.media import control as streams
 from calls.media.admission import ADMISSION, client_ip
+from calls.media.dbthreads import db
 from calls.media.playback import Playback, Utterance
+from calls.media.realtime import PROGRESS_EVERY_FRAMES, RealtimeBridge
+from calls.media.realtime import settings_from as realtime_settings_from
 from providers.media_stream import MAX_INBOUND_FRAME_BYTES, MalformedFrame, StreamKind, parse_frame, wire_for
+from providers.realtime import RealtimeUnavailable
 from providers.stt import FinalTranscript, RealtimeTranscriber, SttUnavailable, stt_settings
 from providers.tts import TelephonySynthesizer, TtsUnavailable
 from voicecall_site import compat
@@ -72,20 +74,12 @@ logger = logging.getLogger(__name__)
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008  # missing call id, unknown call / bad token, bad audio format, duplicate stream, start timeout
 CLOSE_TRY_AGAIN = 1013  # too many pending sockets; send buffer exceeded
-DB_THREADS = 16
 MAX_QUEUED_JOBS = 256  # a stream's pending ORM jobs (marks, DTMF, transcripts): far above any real backlog
 
 BACKPRESSURE = "Backpressure: send buffer exceeded"
 
 _probe_warning_logged = False
 
-_db_pool = ThreadPoolExecutor(max_workers=DB_THREADS, thread_name_prefix="media-stream-db")
-
-
-def db(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    """Run ORM code off the loop, on the stream pool (not Channels' single shared sync thread, where
-    one ``continue`` blocked in an HTTP view would hold up every stream)."""
-    return database_sync_to_async(fn, thread_sensitive=False, executor=_db_pool)
 
 
 _background: set[asyncio.Task] = set()
@@ -177,6 +171,8 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self.playback: Playback | None = None
         self.stt: RealtimeTranscriber | None = None
         self.jobs: StreamJobs | None = None
+        self.bridge: RealtimeBridge | None = None
+        self.realtime = self.config.realtime.enabled
         self.tts_problem = ""
         try:
             self.wire = wire_for(self.config.provider)
@@ -248,13 +244,14 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             return
         kind = self.wire.kind(message)
         if kind is StreamKind.MEDIA:
-            if self.session is not None and self.stt is not None:
+            listener = self.bridge or self.stt
+            if self.session is not None and listener is not None:
                 payload = self.wire.media_payload(message)
                 if payload is None:
                     self.counters.malformed += 1
                     return
                 self.counters.media_in += 1
-                self.stt.push(payload)
+                listener.push(payload)
         elif kind is StreamKind.START:
             await self._on_start(message)
         elif kind is StreamKind.PLAYED:
@@ -291,16 +288,17 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         try:
             session = await db(streams.check_start)(call_sid=start.carrier_call_id, token=start.token,
                                                     call_id=start.call_id)
-            try:  # after the check: a refused start costs nothing more
-                synthesizer = TelephonySynthesizer.from_settings(self.config.provider_settings)
-            except TtsUnavailable as exc:
-                self.tts_problem = str(exc)
+            if not self.realtime:  # after the check: a refused start costs nothing more
+                try:
+                    synthesizer = TelephonySynthesizer.from_settings(self.config.provider_settings)
+                except TtsUnavailable as exc:
+                    self.tts_problem = str(exc)
             # Join the call's group before taking the lease: once the lease says "live stream", a
             # speak from any process must find us in the group.
             group = streams.group_name(session.call_id)
             await self.channel_layer.group_add(group, self.channel_name)
             greeting = await db(streams.attach_stream)(
-                session.call_id, self.owner, start.stream_id, speak_greeting=synthesizer is not None
+                session.call_id, self.owner, start.stream_id, speak_greeting=self.realtime or synthesizer is not None
             )
         except streams.StreamRefused as exc:
             logger.warning("media stream %s for %s refused: %s", start.stream_id, start.carrier_call_id, exc)
@@ -320,7 +318,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         if self.prestart_task is not None:
             self.prestart_task.cancel()
         self.jobs = StreamJobs(f"stream-jobs {session.call_id}")
-        if synthesizer is None:
+        if synthesizer is None and not self.realtime:
             logger.warning("media stream of call %s has no speech output: %s", session.call_id, self.tts_problem)
         global _probe_warning_logged
         probe = compat.send_buffer_probe(self.base_send)
@@ -335,12 +333,37 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             on_stuck=self._send_buffer_stuck,
             probe=probe,
             send_ahead=self.wire.send_ahead_seconds,
+            progress_every=PROGRESS_EVERY_FRAMES if self.realtime else 0,
         )
-        if greeting is not None:
+        if self.realtime:
+            self._start_bridge(greeting)
+        elif greeting is not None:
             # Straight to this socket's playback: no channel-layer round trip, no wait for STT (the
             # transcriber queues the caller's audio until its session is up).
             self.playback.enqueue(Utterance(id=uuid.uuid4().hex, text=greeting.text, entry_id=greeting.entry_id,
                                             initial=greeting.initial))
+        if not self.realtime:
+            self._start_stt()
+        self.lease_task = asyncio.get_running_loop().create_task(self._keep_lease())
+        logger.info("%s media stream %s attached to call %s", self.wire.carrier, start.stream_id, session.call_id)
+        metrics.LIVE_STREAMS.inc()
+        self.counted_live = True
+
+    def _start_bridge(self, greeting) -> None:
+        """Realtime voice: the model speaks and listens; the greeting is its first response."""
+        session = self.session
+        try:
+            settings = realtime_settings_from(self.config)
+        except RealtimeUnavailable as exc:
+            logger.warning("media stream of call %s cannot reach the realtime model: %s", session.call_id, exc)
+            error = f"Realtime voice: {exc}"
+            self._job(lambda: db(streams.end_call_from_stream)(session.call_id, error=error))
+            return
+        self.bridge = RealtimeBridge(self, settings, idle_hangup_ms=self.config.realtime.idle_hangup_ms)
+        self.bridge.start(greeting.text if greeting else None, greeting.entry_id if greeting else None)
+
+    def _start_stt(self) -> None:
+        session = self.session
         try:
             self.stt = RealtimeTranscriber(
                 stt_settings(self.config.provider_settings),
@@ -352,10 +375,6 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             self.stt.start()
         except SttUnavailable as exc:
             logger.warning("media stream of call %s has no speech input: %s", session.call_id, exc)
-        self.lease_task = asyncio.get_running_loop().create_task(self._keep_lease())
-        logger.info("%s media stream %s attached to call %s", self.wire.carrier, start.stream_id, session.call_id)
-        metrics.LIVE_STREAMS.inc()
-        self.counted_live = True
 
     def _on_mark(self, message: dict[str, Any]) -> None:
         name = self.wire.played_name(message)
@@ -458,6 +477,13 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
     async def stream_speak(self, event: dict[str, Any]) -> None:
         if self.playback is None or self.closing:
             return  # not acknowledged: the sender reports it (a closing stream cannot speak)
+        if self.realtime:
+            if self.bridge is None:
+                await self._ack(event, False, "the realtime model session is not available")
+                return
+            self.bridge.say(str(event.get("text") or ""), event.get("entry_id"))
+            await self._ack(event, True)
+            return
         if self.playback.synthesizer is None:
             await self._ack(event, False, self.tts_problem)
             return
@@ -524,11 +550,12 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             logger.exception("lease release failed for call %s", session.call_id)
         if self.stt is not None:
             await self.stt.close()
+        unanswered = await self.bridge.close() if self.bridge is not None else []
         try:
             await self.channel_layer.group_discard(streams.group_name(session.call_id), self.channel_name)
         except Exception:  # the layer may be gone at shutdown; the grace still runs
             logger.exception("group_discard failed for call %s", session.call_id)
-        ids = [u.entry_id for u in dropped if u.entry_id]
+        ids = [u.entry_id for u in dropped if u.entry_id] + unanswered
         grace = not self.call_ended
         logger.info("media stream %s of call %s closed (code %s; in %d media, %d malformed, %d oversize)",
                     self.stream_sid, session.call_id, code, self.counters.media_in,

@@ -484,6 +484,46 @@ def mark_interrupted(*, call_id: str, entry_ids: list[int]) -> int:
     return count
 
 
+def record_bot_line(*, call_id: str, text: str, interrupted: bool = False, latency_ms: int | None = None) -> int | None:
+    """A line the realtime model said on its own (its answer to the caller): into the transcript,
+    with the turn latency (caller speech end -> first audio frame out). None when the call is gone."""
+    if not Call.objects.filter(id=call_id).exists():
+        return None
+    entry = TranscriptEntry.objects.create(call_id=call_id, speaker=Speaker.BOT, text=text[:4000],
+                                           interrupted=interrupted, latency_ms=latency_ms)
+    publish_call_update(call_id)
+    return entry.id
+
+
+def settle_bot_line(*, call_id: str, entry_id: int, heard_text: str | None, latency_ms: int | None) -> None:
+    """A line we asked the realtime model to say (greeting, ``speak``): cut off by the caller, it keeps
+    only the part that was heard and is marked interrupted; its latency is stored either way."""
+    fields: dict[str, Any] = {}
+    if heard_text is not None:
+        fields.update(text=heard_text[:4000], interrupted=True)
+    if latency_ms is not None:
+        fields["latency_ms"] = latency_ms
+    if fields:
+        TranscriptEntry.objects.filter(id=entry_id, call_id=call_id, speaker=Speaker.BOT).update(**fields)
+        publish_call_update(call_id)
+
+
+def end_call_from_stream(call_id: str, *, error: str | None = None) -> str | None:
+    """End the call from its stream (the realtime model's ``end_call`` tool, a closed session, an idle
+    caller): the carrier hang-up, as ``end`` does. Returns the refusal message, None when ended."""
+    if error:
+        record_stream_error(call_id=call_id, error=error)
+    call = services.find_call(call_id)
+    if call is None or call.is_terminal:
+        return None
+    try:
+        services.end_call(call_id, reason=CallState.HANGUP_BOT.value)
+    except services.ServiceError as exc:
+        logger.warning("call %s: hang-up from its stream refused: %s", call_id, exc)
+        return str(exc)
+    return None
+
+
 def record_stream_error(*, call_id: str, error: str) -> None:
     Call.objects.filter(id=call_id).update(last_error=error[:2000])
 

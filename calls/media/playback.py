@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from calls import metrics
-from providers.audio import FRAME_SECONDS, silence_frame
+from providers.audio import FRAME_BYTES, FRAME_SECONDS, silence_frame
 from providers.media_stream import OutboundFrames
 from providers.tts import TelephonySynthesizer, TtsError
 
@@ -55,6 +55,9 @@ class Utterance:
     task: asyncio.Task | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # audio arrived / synthesis ended
     drained: asyncio.Event = field(default_factory=asyncio.Event)  # buffered audio fell under the bound
+    heard: int = 0  # frames the carrier confirmed played (progress marks, then the final mark)
+    first_sent_at: float | None = None  # loop time of its first audio frame on the socket
+    remainder: bytes = b""  # live audio not yet a whole 20 ms frame
 
     async def wait_for_audio(self, timeout: float) -> bool:
         """Whether frames (or the end of synthesis) are there, waiting up to ``timeout`` for them."""
@@ -85,9 +88,14 @@ class Playback:
         on_stuck: Callable[[], Awaitable[None]],
         probe: Callable[[], int] | None,
         send_ahead: float = 0.0,
+        progress_every: int = 0,
     ):
         self.frames = frames
         self.send_ahead = max(0.0, send_ahead)
+        # A mark every N frames of an utterance, so what the caller heard is known to within N frames
+        # (realtime barge-in truncates the model's item there); 0: one mark at the end only.
+        self.progress_every = progress_every
+        self.progress: dict[str, tuple[Utterance, int]] = {}
         self._send = send
         self.synthesizer = synthesizer
         self._on_failed = on_failed
@@ -108,14 +116,48 @@ class Playback:
         return any(u.initial for u in self.queue) or any(u.initial for u in self.awaiting.values())
 
     def enqueue(self, utterance: Utterance) -> None:
+        """Queue text to be synthesized (the streamed-TTS mode)."""
+        self._append(utterance)
+        utterance.task = asyncio.get_running_loop().create_task(self._synthesize(utterance))
+        self._start_pacer()
+
+    def enqueue_live(self, utterance: Utterance) -> None:
+        """Queue an utterance whose audio arrives from elsewhere (the realtime model): ``feed`` it,
+        then ``finish`` it."""
+        self._append(utterance)
+        self._start_pacer()
+
+    def feed(self, utterance: Utterance, mulaw: bytes) -> None:
+        """Audio for a live utterance, any length: cut into 20 ms frames, built into carrier JSON."""
+        data = utterance.remainder + mulaw
+        whole = len(data) - len(data) % FRAME_BYTES
+        media = self.frames.media
+        utterance.frames.extend(media(data[i:i + FRAME_BYTES]) for i in range(0, whole, FRAME_BYTES))
+        utterance.remainder = data[whole:]
+        utterance.changed.set()
+
+    def finish(self, utterance: Utterance, error: str | None = None) -> None:
+        if utterance.remainder:
+            self.feed(utterance, b"\xff" * (FRAME_BYTES - len(utterance.remainder)))  # pad with silence
+        utterance.error = error
+        utterance.done = True
+        utterance.changed.set()
+
+    def _append(self, utterance: Utterance) -> None:
         if self.closed:
             raise RuntimeError(STREAM_CLOSING)
         if len(self.queue) >= MAX_PENDING_UTTERANCES:
             raise OverflowError(QUEUE_FULL)
-        utterance.task = asyncio.get_running_loop().create_task(self._synthesize(utterance))
         self.queue.append(utterance)
+
+    def _start_pacer(self) -> None:
         if self._pacer is None:
             self._pacer = asyncio.get_running_loop().create_task(self._pace())
+
+    @property
+    def playing(self) -> bool:
+        """Audio is queued here or sent and not yet confirmed played by the carrier."""
+        return bool(self.queue or self.awaiting)
 
     async def _synthesize(self, utterance: Utterance) -> None:
         try:
@@ -161,6 +203,8 @@ class Playback:
                     if len(utterance.frames) <= MAX_BUFFERED_FRAMES:
                         utterance.drained.set()
                     utterance.sent += 1
+                    if utterance.first_sent_at is None:
+                        utterance.first_sent_at = loop.time()
                 elif utterance.done:
                     self.queue.popleft()
                     if utterance.error or utterance.sent == 0:
@@ -178,6 +222,10 @@ class Playback:
                     next_at = loop.time()
                 await self._send(text)
                 self.frames_sent += 1
+                if self.progress_every and text is not self._silence and utterance.sent % self.progress_every == 0:
+                    name = f"utt-{utterance.id}-{utterance.sent}"
+                    self.progress[name] = (utterance, utterance.sent)
+                    await self._send(self.frames.mark(name))
                 if self.frames_sent % FRAME_GAP_SAMPLE_EVERY == 0:
                     now = loop.time()
                     if self._sampled_at is not None:
@@ -209,14 +257,26 @@ class Playback:
             self._pacer = None
 
     def on_mark(self, name: str) -> Utterance | None:
-        """Twilio echoed a mark: that utterance has played (unknown/cleared marks are ignored)."""
-        return self.awaiting.pop(name, None)
+        """The carrier reached a mark: the utterance it ends has played (returned), or -- a progress
+        mark -- the utterance has played that far (None); unknown or cleared marks are ignored."""
+        progress = self.progress.pop(name, None)
+        if progress is not None:
+            utterance, frames = progress
+            utterance.heard = max(utterance.heard, frames)
+            return None
+        utterance = self.awaiting.pop(name, None)
+        if utterance is not None:
+            utterance.heard = utterance.sent
+            for key in [k for k, (u, _) in self.progress.items() if u is utterance]:
+                del self.progress[key]
+        return utterance
 
     def clear(self) -> list[Utterance]:
         """Drop everything not yet confirmed played (barge-in, close); returns those utterances."""
         dropped = list(self.awaiting.values()) + list(self.queue)
         self.awaiting.clear()
         self.queue.clear()
+        self.progress.clear()
         for utterance in dropped:
             if utterance.task is not None and not utterance.task.done():
                 utterance.task.cancel()

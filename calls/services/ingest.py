@@ -411,8 +411,9 @@ def _apply_speech(provider: Provider, call: Call, event: NormalizedEvent, outcom
     outcome.user_transcript = text
     outcome.consumed_by_turn = bool(token)
     call.metadata = {**(call.metadata or {}), "userTurns": int((call.metadata or {}).get("userTurns", 0)) + 1}
-    if not token:
-        queue_auto_reply(get_config(), call, entry)
+    config = get_config()
+    if not token and not config.realtime.enabled:  # a realtime model answers the caller itself
+        queue_auto_reply(config, call, entry)
     if token:
         call.pending_turn_token = ""
         call.pending_turn_started_at = None
@@ -467,7 +468,7 @@ def process_webhook(
             call_snapshot = snapshot(call, config) if call else None
             # A call to be connected to a media stream carries the token its stream must present
             # (minted once per call by the media layer; a replay never gets here).
-            if call is not None and config.streaming.enabled and provider.media_stream_offer == "reply":
+            if call is not None and config.live_audio and provider.media_stream_offer == "reply":
                 token = stream_port().stream_token(provider, call)
                 if token:
                     call_snapshot = dataclasses.replace(call_snapshot, stream_token=token)

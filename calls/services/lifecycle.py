@@ -244,7 +244,7 @@ def end_call(call_id: str, *, reason: str = CallState.HANGUP_BOT.value) -> None:
         locked = Call.objects.select_for_update().get(id=call.id)
         finalize(locked, reason)
     # The media layer's consumer holding this call's socket (any process) closes it now.
-    if config.streaming.enabled:
+    if config.live_audio:
         stream_port().close(str(call.id))
 
 
@@ -336,6 +336,6 @@ def answer_inbound_call(call_id: str) -> None:
 def _requested_stream_token(provider, call: Call, config) -> str | None:
     """The media-stream token of a call whose carrier requests the stream itself (Telnyx: on the dial
     and on the inbound answer), or None when this call gets no stream."""
-    if not config.streaming.enabled or provider.media_stream_offer != "request":
+    if not config.live_audio or provider.media_stream_offer != "request":
         return None
     return stream_port().stream_token(provider, call)

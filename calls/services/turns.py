@@ -61,7 +61,7 @@ def speak_now(call: Call, text: str, *, listen_after: bool, turn_token: str | No
     provider = carrier(config)
     # A call whose media stream is live speaks through the consumer holding the socket (TTS over the
     # stream, acknowledged), never through the carrier's play_tts.
-    if config.streaming.enabled:
+    if config.live_audio:
         stream = stream_port()
         if stream.has_live_stream(str(call.id)):
             return stream.speak(call, text, listen_after=listen_after, turn_token=turn_token)

@@ -124,7 +124,7 @@ def public_paths(config: VoiceCallConfig) -> tuple[str, ...] | None:
         return None
     webhook = config.serve.path.rstrip("/") or "/"
     paths = [webhook, webhook + "/"] if webhook != "/" else ["/"]
-    if config.streaming.enabled:
+    if config.live_audio:
         paths.append(config.streaming.stream_path)
     return tuple(dict.fromkeys(paths))
 
@@ -270,7 +270,7 @@ def start_exposure(config: VoiceCallConfig, *, ngrok_timeout: float = NGROK_STAR
         if tunnel in TUNNEL_TAILSCALE_MODES:
             mode = TUNNEL_TAILSCALE_MODES[tunnel]
             exposure = _tailscale_exposure(mode, path, f"http://127.0.0.1:{port}{path}", tunnel, tailscale_timeout)
-            if config.streaming.enabled:  # Tailscale routes by path: the media stream needs its own
+            if config.live_audio:  # Tailscale routes by path: the media stream needs its own
                 stream = config.streaming.stream_path
                 start_tailscale_route(mode=mode, path=stream, local_url=f"http://127.0.0.1:{port}{stream}",
                                       timeout=tailscale_timeout)

@@ -24,7 +24,9 @@ def run_setup_checks() -> dict[str, Any]:
     checks.append(_check("provider", True, config.provider))
     checks.append(_check("provider-config", True, "credentials present"))
     checks.append(_webhook_exposure(config))
-    checks.append(_check("mode", True, "streaming" if config.streaming.enabled else "carrier speech (no media stream)"))
+    mode = ("realtime voice (media stream + realtime model)" if config.realtime.enabled
+            else "streaming" if config.streaming.enabled else "carrier speech (no media stream)")
+    checks.append(_check("mode", True, mode))
     return {"ok": all(c["ok"] for c in checks), "checks": checks, "warnings": deployment_warnings(config)}
 
 
