@@ -32,6 +32,7 @@ import base64
 import contextlib
 import json
 import threading
+import time
 import uuid
 import zlib
 from collections import deque
@@ -80,6 +81,11 @@ class FakeRealtime:
         self.tool_outputs: list[dict[str, Any]] = []
         self.said: list[str] = []  # texts clients asked to be said word for word
         self.refused_creates = 0  # response.create while a response was active (a client bug)
+        # For bench/realtime_bench.py (perf_counter, CLOCK_MONOTONIC: comparable across processes):
+        self.timing = False
+        self.frame_times: dict[bytes, float] = {}  # first 8 bytes of a caller frame -> when it arrived
+        self.first_delta_times: list[tuple[str, float]] = []  # (text, when its first audio delta left)
+        self.barge_times: list[float] = []  # when speech_started of a barge_in() left
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -197,7 +203,12 @@ class FakeRealtime:
         elif kind == "input_audio_buffer.append":
             with self._lock:
                 self.received.append({"type": kind, "audio": f"<{len(base64.b64decode(event['audio']))} bytes>"})
-            count = len(base64.b64decode(event.get("audio") or ""))
+            audio = base64.b64decode(event.get("audio") or "")
+            if self.timing:
+                now = time.perf_counter()
+                for start in range(0, len(audio), 160):
+                    self.frame_times.setdefault(audio[start:start + 8], now)
+            count = len(audio)
             conn.audio_bytes += count
             conn.heard += count
             if conn.heard >= self.audio_per_turn and self.script:
@@ -256,6 +267,8 @@ class FakeRealtime:
             words = text.split(" ")
             said = 0
             for index, chunk in enumerate(chunks):
+                if index == 0 and self.timing:
+                    self.first_delta_times.append((text, time.perf_counter()))
                 await self._send(conn, {"type": "response.output_audio.delta", **common,
                                         "delta": base64.b64encode(chunk).decode()})
                 conn.audio_sent_ms[item_id] = conn.audio_sent_ms.get(item_id, 0) + len(chunk) // 8
@@ -280,6 +293,8 @@ class FakeRealtime:
 
     async def _barge_in(self) -> None:
         for conn in self.live():
+            if self.timing:
+                self.barge_times.append(time.perf_counter())
             await self._send(conn, {"type": "input_audio_buffer.speech_started", "audio_start_ms": 0,
                                     "item_id": "item_" + uuid.uuid4().hex[:16]})
             if conn.response is not None and not conn.response.done():
