@@ -220,6 +220,27 @@ def test_the_end_call_tool_says_goodbye_then_hangs_up_through_the_carrier(env):
     assert stream.wait_closed() is not None
 
 
+def test_a_refused_hang_up_goes_back_to_the_model_as_the_tools_result(env):
+    env.model.script.append("Bye for now")
+    env.model.hang_up_on.add("Bye for now")
+    call, stream = env.start_call()
+    stream.wait_for(lambda: len(frames_of(stream, GREETING)) >= 30, what="the greeting")
+    wait_played(call)
+    refusal = {"twilio": lambda: env.fake.update_failures.append(
+                   (400, {"code": 21220, "message": "Call is not in-progress", "status": 400})),
+               "telnyx": lambda: env.fake.fail_next("hangup", 403, [{"code": "10010", "title": "refused"}]),
+               "plivo": lambda: env.fake.fail_next("hangup", 400, "refused")}[env.carrier]
+    refusal()
+    creates_before = len(env.model.received_of("response.create"))
+    stream.send_media(10)
+    (output,) = wait_until(lambda: env.model.tool_outputs, what="the tool's result")
+    assert "error" in output["output"] and env.model.api_key not in output["output"]
+    # The model is asked to go on (and speak the refusal); the call stays up.
+    wait_until(lambda: len(env.model.received_of("response.create")) > creates_before)
+    assert not Call.objects.get(id=call.id).is_terminal
+    stream.close()
+
+
 def test_the_provider_closing_the_session_ends_the_call(env):
     call, stream = env.start_call()
     stream.wait_for(lambda: len(frames_of(stream, GREETING)) >= 30, what="the greeting")
@@ -227,6 +248,7 @@ def test_the_provider_closing_the_session_ends_the_call(env):
     ended = wait_until(lambda: Call.objects.filter(id=call.id, state="hangup-bot").first(), what="the call ended")
     assert ended.last_error.startswith("Realtime voice: the realtime provider closed the session")
     wait_until(lambda: env.hung_up(ended), what="the carrier hang-up")
+    assert env.model.api_key not in env.server.log.read_text()  # the session URL is logged, never the key
 
 
 def test_a_session_that_cannot_be_opened_ends_the_call_without_a_sound(env):
