@@ -201,3 +201,26 @@ def in_thread(fn, *args, **kwargs) -> dict:
     return result
 
 
+def carrier_section(carrier: str, fake) -> dict:
+    """The config keys that point a Telnyx or Plivo config at its local fake."""
+    if carrier == "telnyx":
+        return {"telnyx": {"apiKey": fake.api_key, "connectionId": fake.connection_id,
+                           "publicKey": fake.public_key, "apiBaseUrl": fake.base_url}}
+    return {"plivo": {"authId": fake.auth_id, "authToken": fake.auth_token, "apiBaseUrl": fake.base_url}}
+
+
+def running_carrier(carrier: str):
+    """The local fake of a carrier, as a context manager."""
+    from tests.fakes.plivo import FakePlivo
+    from tests.fakes.telnyx import FakeTelnyx
+
+    if carrier == "twilio":
+        return running_fake_twilio()
+    return (FakeTelnyx if carrier == "telnyx" else FakePlivo).running()
+
+
+def launch_carrier_daphne(carrier: str, fake, directory: Path, document: dict, port: int) -> RunningServer:
+    """A daphne for this carrier's config; Telnyx's fake gets the connection's webhook URL."""
+    if carrier == "telnyx":
+        fake.webhook_url = document["publicUrl"]
+    return launch_daphne(directory, document, port=port)

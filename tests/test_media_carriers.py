@@ -32,9 +32,11 @@ from tests.fakes.telnyx import FakeTelnyx
 from tests.fakes.twilio_media import dominant_byte
 from tests.media_support import (
     STREAM_PATH,
+    carrier_section,
     in_thread,
-    launch_daphne,
+    launch_carrier_daphne,
     redis_settings,
+    running_carrier,
     utterance_byte,
     wait_for_other_sessions_to_settle,
 )
@@ -85,23 +87,16 @@ def carrier_document(carrier: str, fake, openai: FakeOpenAI, port: int) -> dict:
         "tts": openai.tts_config(),
         "streaming": {"enabled": True, "streamPath": STREAM_PATH, "providers": openai.streaming_config()},
     }
-    if carrier == "telnyx":
-        document["telnyx"] = {"apiKey": fake.api_key, "connectionId": fake.connection_id,
-                              "publicKey": fake.public_key, "apiBaseUrl": fake.base_url}
-    else:
-        document["plivo"] = {"authId": fake.auth_id, "authToken": fake.auth_token, "apiBaseUrl": fake.base_url}
-    return document
+    return {**document, **carrier_section(carrier, fake)}
 
 
 @pytest.fixture(scope="module", params=["telnyx", "plivo"])
 def carrier_env(request, django_db_setup, tmp_path_factory) -> Iterator[CarrierEnv]:
-    fake_class = FakeTelnyx if request.param == "telnyx" else FakePlivo
-    with fake_class.running() as fake, running_fake_openai() as openai:
+    with running_carrier(request.param) as fake, running_fake_openai() as openai:
         port = free_port()
         document = carrier_document(request.param, fake, openai, port)
-        if request.param == "telnyx":
-            fake.webhook_url = document["publicUrl"]
-        server = launch_daphne(tmp_path_factory.mktemp(f"media-{request.param}"), document, port=port)
+        server = launch_carrier_daphne(request.param, fake, tmp_path_factory.mktemp(f"media-{request.param}"),
+                                       document, port)
         try:
             yield CarrierEnv(request.param, fake, openai, server, document)
         finally:

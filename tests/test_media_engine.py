@@ -180,3 +180,33 @@ def test_audio_is_sent_ahead_of_playback_only_as_far_as_the_carrier_queue_allows
     # Frame i starts playing at started + i * 20 ms: it was never sent more than the bound before that.
     leads = [started + index * 0.020 - at for index, at in enumerate(sent)]
     assert max(leads) <= send_ahead + 0.005
+
+
+def test_live_audio_is_cut_into_frames_padded_at_the_end_and_an_empty_response_is_no_failure():
+    """The realtime model's audio arrives in chunks of any size; a response without audio (a tool
+    call) plays nothing, sends no mark and is not reported as a failed utterance."""
+    failed, sent = [], []
+
+    async def scenario():
+        async def send(text):
+            sent.append(json.loads(text))
+
+        playback = Playback(OutboundFrames("MZ1"), send, None, on_failed=failed.append, on_stuck=None, probe=None)
+        spoken = Utterance(id="a", text="", entry_id=None, initial=False)
+        silent = Utterance(id="b", text="", entry_id=None, initial=False)
+        playback.enqueue_live(spoken)
+        playback.enqueue_live(silent)
+        playback.feed(spoken, b"\x21" * 250)
+        playback.feed(spoken, b"\x21" * 150)  # 400 bytes: two whole frames and 80 bytes over
+        playback.finish(spoken)
+        playback.finish(silent)
+        while playback.queue:
+            await asyncio.sleep(0.01)
+        playback.close()
+
+    asyncio.run(scenario())
+    media = [base64.b64decode(m["media"]["payload"]) for m in sent if m["event"] == "media"]
+    audio = [f for f in media if f != b"\xff" * 160]
+    assert audio == [b"\x21" * 160, b"\x21" * 160, b"\x21" * 80 + b"\xff" * 80]
+    assert [m["mark"]["name"] for m in sent if m["event"] == "mark"] == ["utt-a"]
+    assert failed == []

@@ -20,16 +20,16 @@ from calls.media import control as streams
 from calls.models import Call, CallEvent, TranscriptEntry
 from tests.conftest import RunningServer, free_port, wait_until
 from tests.fakes.openai_realtime import FakeRealtime, level_byte, running_fake_realtime
-from tests.fakes.plivo import FakePlivo
-from tests.fakes.telnyx import FakeTelnyx
-from tests.fakes.twilio import running_fake_twilio, twilio_config
+from tests.fakes.twilio import twilio_config
 from tests.fakes.twilio_media import TwilioMediaStream, dominant_byte
 from tests.media_support import (
     STREAM_PATH,
+    carrier_section,
     in_thread,
-    launch_daphne,
+    launch_carrier_daphne,
     live_call,
     redis_settings,
+    running_carrier,
     wait_for_other_sessions_to_settle,
 )
 
@@ -88,20 +88,8 @@ def document_for(carrier: str, fake, model: FakeRealtime, port: int) -> dict:
     }
     if carrier == "twilio":
         return twilio_config(fake, **common)
-    document = {"provider": carrier, "fromNumber": OUR_NUMBER,
-                "publicUrl": f"http://127.0.0.1:{port}/voice/webhook", **common}
-    if carrier == "telnyx":
-        document["telnyx"] = {"apiKey": fake.api_key, "connectionId": fake.connection_id,
-                              "publicKey": fake.public_key, "apiBaseUrl": fake.base_url}
-    else:
-        document["plivo"] = {"authId": fake.auth_id, "authToken": fake.auth_token, "apiBaseUrl": fake.base_url}
-    return document
-
-
-def running_carrier(carrier: str):
-    if carrier == "twilio":
-        return running_fake_twilio()
-    return (FakeTelnyx if carrier == "telnyx" else FakePlivo).running()
+    return {"provider": carrier, "fromNumber": OUR_NUMBER, "publicUrl": f"http://127.0.0.1:{port}/voice/webhook",
+            **common, **carrier_section(carrier, fake)}
 
 
 @pytest.fixture(scope="module", params=["twilio", "telnyx", "plivo"])
@@ -109,9 +97,8 @@ def realtime_env(request, django_db_setup, tmp_path_factory) -> Iterator[Realtim
     with running_carrier(request.param) as fake, running_fake_realtime() as model:
         port = free_port()
         document = document_for(request.param, fake, model, port)
-        if request.param == "telnyx":
-            fake.webhook_url = document["publicUrl"]
-        server = launch_daphne(tmp_path_factory.mktemp(f"realtime-{request.param}"), document, port=port)
+        server = launch_carrier_daphne(request.param, fake, tmp_path_factory.mktemp(f"realtime-{request.param}"),
+                                       document, port)
         try:
             yield RealtimeEnv(request.param, fake, model, server, document)
         finally:

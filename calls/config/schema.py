@@ -99,18 +99,25 @@ def _check_non_empty(value: Any) -> str:
     return value
 
 
-def _check_http_url(value: Any) -> str:
-    message = "must be an http or https URL with a host, like https://example.com"
-    if not isinstance(value, str):
-        raise _invalid(message)
-    try:
-        parts = urlsplit(value)
-        host = parts.hostname
-    except ValueError:
-        raise _invalid(message) from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise _invalid(message)
-    return value
+def _url_check(schemes: tuple[str, str], article: str, example: str):
+    message = f"must be {article} {schemes[0]} or {schemes[1]} URL with a host, like {example}"
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise _invalid(message)
+        try:
+            parts = urlsplit(value)
+            host = parts.hostname
+        except ValueError:
+            raise _invalid(message) from None
+        if parts.scheme not in schemes or not host:
+            raise _invalid(message)
+        return value
+
+    return check
+
+
+_check_http_url = _url_check(("http", "https"), "an", "https://example.com")
 
 
 def _check_route_path(value: Any) -> str:
@@ -244,21 +251,8 @@ class StreamingConfig(_Section):
     max_connections: PositiveInt = 128
 
 
-def _check_ws_url(value: Any) -> str:
-    message = "must be a ws or wss URL with a host, like wss://api.openai.com/v1"
-    if not isinstance(value, str):
-        raise _invalid(message)
-    try:
-        parts = urlsplit(value)
-        host = parts.hostname
-    except ValueError:
-        raise _invalid(message) from None
-    if parts.scheme not in ("ws", "wss") or not host:
-        raise _invalid(message)
-    return value
-
-
-WsUrlStr = Annotated[str, PlainValidator(_check_ws_url, json_schema_input_type=str)]
+WsUrlStr = Annotated[str, PlainValidator(_url_check(("ws", "wss"), "a", "wss://api.openai.com/v1"),
+                                          json_schema_input_type=str)]
 
 
 class RealtimeOpenAIConfig(_Section):

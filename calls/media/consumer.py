@@ -15,18 +15,19 @@ What a socket goes through (OpenClaw fact sheet §5):
 2. **start**: the carrier's call id (or our call id from the stream URL) must belong to a live call
    of this carrier, the ``token`` must match the one minted for it (timing-safe) and the announced
    audio must be mu-law 8 kHz; a call that already has a live stream anywhere is refused. All
-   refusals close with 1008, before any call audio is sent. On success the consumer joins the call's channel-layer group, takes
-   the lease and claims the pending initial message in one database trip, starts playing that
-   greeting itself at once, and opens the realtime STT session (which queues the caller's audio
-   until it is connected).
+   refusals close with 1008, before any call audio is sent. On success the consumer joins the call's
+   channel-layer group, takes the lease and claims the pending initial message in one database trip,
+   starts playing that greeting itself at once, and opens the realtime STT session (which queues the
+   caller's audio until it is connected) -- or, with ``realtime.enabled``, hands the stream to a
+   ``calls.media.realtime.RealtimeBridge`` (the model speaks and listens; same playback and marks).
 3. **Frames**: ``media`` goes to STT untouched (mu-law in, no transcoding), ``dtmf`` becomes a
    ``call.dtmf`` event, a played mark (Plivo: checkpoint) confirms an utterance played, ``stop`` (or,
-   on Plivo, the socket closing) ends the stream. Frames over
-   64 KB, binary frames, malformed JSON and malformed base64 are ignored (counted) -- they never end
-   the call.
+   on Plivo, the socket closing) ends the stream. Frames over 64 KB, binary frames, malformed JSON
+   and malformed base64 are ignored (counted) -- they never end the call.
 4. **Speech out** (``calls.media.playback``): a per-stream FIFO of utterances, deadline-paced 20 ms
-   frames and marks (sent up to ``send_ahead_seconds`` ahead of playback to carriers that queue). When the peer stops reading (send buffer over ``MAX_SEND_BUFFER_BYTES``) the
-   socket is closed with 1013 and the reason recorded on the call.
+   frames and marks (sent up to ``send_ahead_seconds`` ahead of playback to carriers that queue).
+   When the peer stops reading (send buffer over ``MAX_SEND_BUFFER_BYTES``) the socket is closed with
+   1013 and the reason recorded on the call.
 5. **Barge-in**: when STT reports the caller started speaking, the queue is dropped and ``clear`` sent;
    utterances that had not played are marked ``interrupted`` in the transcript. Not during the intro
    of an outbound conversation (then the caller's speech is ignored, as upstream does).

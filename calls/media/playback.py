@@ -58,6 +58,7 @@ class Utterance:
     heard: int = 0  # frames the carrier confirmed played (progress marks, then the final mark)
     first_sent_at: float | None = None  # loop time of its first audio frame on the socket
     remainder: bytes = b""  # live audio not yet a whole 20 ms frame
+    live: bool = False  # audio fed from elsewhere (the realtime model), not synthesized here
 
     async def wait_for_audio(self, timeout: float) -> bool:
         """Whether frames (or the end of synthesis) are there, waiting up to ``timeout`` for them."""
@@ -124,6 +125,7 @@ class Playback:
     def enqueue_live(self, utterance: Utterance) -> None:
         """Queue an utterance whose audio arrives from elsewhere (the realtime model): ``feed`` it,
         then ``finish`` it."""
+        utterance.live = True
         self._append(utterance)
         self._start_pacer()
 
@@ -207,6 +209,8 @@ class Playback:
                         utterance.first_sent_at = loop.time()
                 elif utterance.done:
                     self.queue.popleft()
+                    if utterance.live and not utterance.error and utterance.sent == 0:
+                        continue  # a model response without audio (a tool call): nothing to confirm
                     if utterance.error or utterance.sent == 0:
                         self._on_failed(utterance)
                         continue
