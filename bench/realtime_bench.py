@@ -305,6 +305,7 @@ class Bench:
                                     f"MZ{uuid.uuid4().hex}") for call, token in calls]
             pids = self.daphne_pids()
         cpu_before, wall_before = processes_cpu_s(pids), time.perf_counter()
+        print(f"load round ({'floor' if floor else 'ours'}) starting, server pids {pids}", file=sys.stderr, flush=True)
         with LoopLag() as lag:
             await asyncio.gather(*(c.open() for c in clients))
             # 6 s of audio each: done when every caller has it all (realtime sends progress marks too).
@@ -352,9 +353,10 @@ def ms(value: float) -> str:
 
 
 async def run(bench: Bench) -> None:
-    lat = {}
+    lat = {True: {"to_model": [], "to_caller": [], "barge": []}, False: {"to_model": [], "to_caller": [], "barge": []}}
     for floor in (True, False):
-        lat[floor] = await bench.latencies(floor)
+        if not bench.args.only_load:
+            lat[floor] = await bench.latencies(floor)
     load = {}
     for floor in (True, False):
         load[floor] = await bench.load(bench.args.calls, floor)
@@ -474,6 +476,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--barge-ins", type=int, default=10)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--only-load", action="store_true", help="skip the one-stream latencies (for profiling)")
     parser.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
     bench = Bench(parser.parse_args())
