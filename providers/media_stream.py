@@ -247,20 +247,3 @@ def streaming_possible(settings: ProviderSettings) -> bool:
     from providers.tts import telephony_tts_problem
 
     return telephony_tts_problem(settings) is None
-
-
-def wire_for(carrier: str) -> StreamWire:
-    """The media-stream wire of a carrier; ``ValueError`` for one without media streams (mock)."""
-    if carrier == "twilio":
-        from providers.twilio_stream import TwilioStreamWire
-
-        return TwilioStreamWire()
-    if carrier == "telnyx":
-        from providers.telnyx.stream import TelnyxStreamWire
-
-        return TelnyxStreamWire()
-    if carrier == "plivo":
-        from providers.plivo.stream import PlivoStreamWire
-
-        return PlivoStreamWire()
-    raise ValueError(f"provider {carrier} has no media streams")

@@ -63,7 +63,8 @@ from calls.media.dbthreads import db
 from calls.media.playback import Playback, Utterance
 from calls.media.realtime import PROGRESS_EVERY_FRAMES, RealtimeBridge
 from calls.media.realtime import settings_from as realtime_settings_from
-from providers.media_stream import MAX_INBOUND_FRAME_BYTES, MalformedFrame, StreamKind, parse_frame, wire_for
+from providers import stream_wire
+from providers.media_stream import MAX_INBOUND_FRAME_BYTES, MalformedFrame, StreamKind, parse_frame
 from providers.realtime import RealtimeUnavailable
 from providers.stt import FinalTranscript, RealtimeTranscriber, SttUnavailable, stt_settings
 from providers.tts import TelephonySynthesizer, TtsUnavailable
@@ -176,7 +177,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self.realtime = self.config.realtime.enabled
         self.tts_problem = ""
         try:
-            self.wire = wire_for(self.config.provider)
+            self.wire = stream_wire(self.config.provider)
         except ValueError as exc:  # the config schema refuses streaming for this provider already
             logger.warning("media stream refused: %s", exc)
             await self.close()
