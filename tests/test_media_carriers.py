@@ -206,6 +206,19 @@ def test_the_stream_is_requested_the_way_the_carrier_documents_it(env):
     stream.close()
 
 
+def test_a_notify_call_keeps_the_carriers_own_voice(env):
+    call = services.initiate_call(to=CALLEE, message="Your table is ready", mode="notify")
+    ended = wait_until(lambda: Call.objects.filter(id=call.id, state="completed").first(), what="the notify call done")
+    fake_call = env.fake.calls[ended.provider_call_id]
+    if env.carrier == "telnyx":
+        (dial,) = [c for c in env.fake.commands_for("dial") if c.body["client_state"] == fake_call.client_state]
+        assert "stream_url" not in dial.body and fake_call.stream_request is None
+        assert env.fake.commands_for("speak", fake_call.call_control_id)[0].body["payload"] == "Your table is ready"
+    else:
+        assert fake_call.stream_element is None and fake_call.heard == ["Your table is ready"]
+    assert not CallEvent.objects.filter(call=call, type__startswith="call.stream").exists()
+
+
 def test_caller_speech_clears_the_carrier_queue_and_marks_the_line_interrupted(env):
     call = services.initiate_call(to=CALLEE, message=GREETING, mode="conversation")
     stream = env.media(call)

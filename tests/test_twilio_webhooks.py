@@ -16,6 +16,7 @@ import pytest
 from django.core.handlers.asgi import ASGIRequest
 
 from calls.interfaces.webhooks import webhook_request_from
+from calls.media import control as streams
 from calls.models import AllowedCaller, Call, CallEvent, RejectedInboundCall, TranscriptEntry, WebhookReceipt
 from tests.factories import AnsweredCallFactory, CallFactory
 from tests.fakes.twilio import (
@@ -470,3 +471,25 @@ def test_anonymous_caller_is_rejected_by_the_allowlist(client, twilio, fake):
     response = post(client, "", inbound_params("CA" + "a" * 32, caller="anonymous"))
     assert [v.tag for v in twiml(response)] == ["Reject"]
     assert not Call.objects.exists()
+
+
+@pytest.mark.parametrize("mode", ["streaming", "realtime"])
+def test_an_answered_conversation_is_connected_to_the_media_stream(client, twilio, mode):
+    """Streamed TTS needs telephony TTS; realtime voice needs none (the model speaks): either way the
+    answer webhook connects the call to our stream with its token, and a notify call keeps <Say>."""
+    if mode == "streaming":
+        twilio(streaming={"enabled": True}, tts={"provider": "openai", "providers": {"openai": {"apiKey": "sk-x"}}})
+    else:
+        twilio(realtime={"enabled": True, "providers": {"openai": {"apiKey": "sk-x"}}})
+    call = CallFactory(provider="twilio", provider_call_id="CA" + "7" * 32, mode="conversation",
+                       initial_message="Hello there")
+    doc = twiml(post(client, f"callId={call.id}", params_for(call.provider_call_id)))
+    (connect,) = doc
+    stream = connect.find("Stream")
+    assert connect.tag == "Connect" and stream.get("url").startswith("wss://")
+    parameters = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    call.refresh_from_db()
+    assert parameters == {"token": streams.mint_stream_token(call)}
+    assert not call.initial_message_delivered  # the stream claims and speaks the greeting
+    notify = CallFactory(provider="twilio", provider_call_id="CA" + "8" * 32, mode="notify", initial_message="Hi")
+    assert twiml(post(client, f"callId={notify.id}", params_for(notify.provider_call_id)))[0].tag == "Say"
