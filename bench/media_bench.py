@@ -40,6 +40,9 @@ shows there instead of being mistaken for a slow server.
 (another process than daphne, like the CLI or a Celery worker) ``--speaks`` times; baseline,
 interleaved: ``streams.ping_stream``, the same channel-layer round trip without any speech work.
 
+Twilio clients send our ``callId`` <Parameter> next to the token, as our TwiML does
+(``MEDIA_BENCH_NO_CALL_ID=1``: token only, the older start path that finds the call by CallSid).
+
 Finishes by itself (``TIME_BUDGET_S``); prints Markdown tables for bench/README.md.
 """
 
@@ -92,7 +95,7 @@ CARRIERS = {
 }
 
 
-def start_frames(carrier: str, stream_sid: str, call_sid: str, token: str) -> list[str]:
+def start_frames(carrier: str, stream_sid: str, call_sid: str, token: str, call_id: str = "") -> list[str]:
     if carrier == "telnyx":
         return [json.dumps({"event": "connected", "version": "1.0.0"}), json.dumps({
             "event": "start", "sequence_number": "1", "stream_id": stream_sid,
@@ -105,7 +108,7 @@ def start_frames(carrier: str, stream_sid: str, call_sid: str, token: str) -> li
     return [json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}), json.dumps({
         "event": "start", "sequenceNumber": "1", "streamSid": stream_sid,
         "start": {"streamSid": stream_sid, "callSid": call_sid, "tracks": ["inbound"],
-                  "customParameters": {"token": token},
+                  "customParameters": {"token": token, **({"callId": call_id} if call_id else {})},
                   "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})]
 
 
@@ -126,8 +129,10 @@ class StreamClient:
     """The carrier's side of one media stream: sends start and 50 caller frames a second, and records
     when each outbound frame arrives (perf_counter)."""
 
-    def __init__(self, url: str, call_sid: str, token: str, stream_sid: str, carrier: str = "twilio"):
+    def __init__(self, url: str, call_sid: str, token: str, stream_sid: str, carrier: str = "twilio",
+                 call_id: str = ""):
         self.url, self.call_sid, self.token, self.stream_sid = url, call_sid, token, stream_sid
+        self.call_id = call_id  # sent as Twilio's callId <Parameter>, as our TwiML does
         self.carrier = carrier
         self.audio_prefix, self.mark_text = CARRIERS[carrier]["audio_prefix"], CARRIERS[carrier]["mark"]
         self.arrivals: list[tuple[float, bool]] = []  # (time, is_audio)
@@ -139,7 +144,7 @@ class StreamClient:
 
     async def open(self, *, caller_audio: bool = True) -> None:
         self.ws = await websockets.connect(self.url, max_size=2**20, compression=None, open_timeout=60)
-        *before, start = start_frames(self.carrier, self.stream_sid, self.call_sid, self.token)
+        *before, start = start_frames(self.carrier, self.stream_sid, self.call_sid, self.token, self.call_id)
         for frame in before:
             await self.ws.send(frame)
         self.start_sent = time.perf_counter()
@@ -378,7 +383,8 @@ class Bench:
         if carrier != "twilio":  # Telnyx and Plivo connect to the URL as given: the credential is in it
             url += f"?callId={call_id}&token={token}"
         stream_sid = f"MZ{self.seq:032x}" if carrier == "twilio" else str(uuid.UUID(int=self.seq))
-        return StreamClient(url, call_sid, token, stream_sid, carrier)
+        send_call_id = port == self.port and not os.environ.get("MEDIA_BENCH_NO_CALL_ID")
+        return StreamClient(url, call_sid, token, stream_sid, carrier, call_id if send_call_id else "")
 
     # --- a round -----------------------------------------------------------------------------------
     async def round(self, count: int, *, floor: bool, seconds: float | None = None) -> dict:

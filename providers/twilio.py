@@ -451,7 +451,7 @@ class TwilioProvider(Provider):
         # A live conversation call is connected to our media stream instead of <Say>/<Gather>; the
         # stream consumer speaks the pending greeting once the stream starts (fact sheet §3.1, §5.3).
         if call.stream_token:
-            return twilio_stream.stream_reply(self.settings, call.stream_token)
+            return twilio_stream.stream_reply(self.settings, call.stream_token, call.call_id)
         pause = self.settings.notify_hangup_delay_sec
         if call.initial_message:
             if call.mode == "notify":

@@ -59,16 +59,20 @@ TOKEN_PARAMETER = media_stream.TOKEN_PARAMETER
 # --------------------------------------------------------------------------------------------------
 
 
-def stream_twiml(url: str, token: str) -> str:
-    """``<Response><Connect><Stream url=…><Parameter name="token" value=…/></Stream></Connect></Response>``.
+def stream_twiml(url: str, token: str, call_id: str | None = None) -> str:
+    """``<Response><Connect><Stream url=…><Parameter name="token" value=…/></Stream></Connect></Response>``,
+    with our call id as a second ``<Parameter>`` when given (the consumer finds the call by its key
+    and joins the call's group while it checks the token).
 
     ``<Connect>`` makes the stream bidirectional and blocks the call's TwiML until we close the socket.
     """
+    call_parameter = (f'<Parameter name="{_attr(media_stream.CALL_ID_PARAMETER)}" value="{_attr(call_id)}" />'
+                      if call_id else "")
     return (
         '<?xml version="1.0" encoding="UTF-8"?>'
         f'<Response><Connect><Stream url="{_attr(url)}">'
         f'<Parameter name="{_attr(TOKEN_PARAMETER)}" value="{_attr(token)}" />'
-        "</Stream></Connect></Response>"
+        f"{call_parameter}</Stream></Connect></Response>"
     )
 
 
@@ -77,14 +81,14 @@ def _attr(value: str) -> str:
     return escape(value, {'"': "&quot;"})
 
 
-def stream_reply(settings: ProviderSettings, token: str) -> WebhookReply:
+def stream_reply(settings: ProviderSettings, token: str, call_id: str | None = None) -> WebhookReply:
     """The webhook answer that connects a call to our media stream endpoint."""
     from providers.base import WebhookReply
 
     url = stream_url(settings)
     if url is None:
         raise ValueError("a media stream needs publicUrl")
-    return WebhookReply(status=200, content_type="application/xml", body=stream_twiml(url, token))
+    return WebhookReply(status=200, content_type="application/xml", body=stream_twiml(url, token, call_id))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -321,6 +321,9 @@ def test_stream_twiml_connects_to_the_public_host_with_the_token_as_a_parameter(
         '<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="wss://h/media">'
         '<Parameter name="token" value="a&quot;b&lt;c" /></Stream></Connect></Response>'
     )
+    with_call = stream_twiml("wss://h/media", "t", "6f1c2f5e-0000-4000-8000-000000000001")
+    assert '<Parameter name="token" value="t" /><Parameter name="callId" value="6f1c2f5e-0000-4000-8000-000000000001" />' \
+        in with_call
 
 
 def test_inbound_stream_messages_are_validated():

@@ -286,3 +286,21 @@ def test_without_usable_tts_the_call_keeps_twilios_own_voice(media, stream_serve
     answer = media.twilio.post(PUBLIC_URL, media.twilio.voice_params(leg, status="ringing"))
     assert answer.status_code == 200
     assert "<Say" in answer.text and "<Connect>" not in answer.text
+
+
+def test_a_call_id_parameter_must_name_the_call_of_the_callsid_and_its_token(media):
+    """With our callId <Parameter> the call is found by its key (and its group joined while the token
+    is checked); the CallSid in start must still be that call's, and the token that call's."""
+    server, fake_twilio = media, media.twilio
+    call, other = live_call(fake_twilio, mode="conversation"), live_call(fake_twilio, mode="conversation")
+    for call_sid, token in ((other.provider_call_id, streams.mint_stream_token(call)),  # someone else's CallSid
+                            (call.provider_call_id, streams.mint_stream_token(other))):  # someone else's token
+        stream = open_stream(server)
+        stream.send_start(call_sid, token, extra_params={"callId": str(call.id)})
+        assert stream.wait_closed() == 1008
+    assert not streams.has_live_stream(str(call.id))
+    stream = open_stream(server)
+    stream.send_start(call.provider_call_id, streams.mint_stream_token(call), extra_params={"callId": str(call.id)})
+    wait_attached(call)
+    assert streams.ping_stream(str(call.id)) is not None  # in the call's group: reachable from any process
+    stream.close()

@@ -489,7 +489,7 @@ def test_an_answered_conversation_is_connected_to_the_media_stream(client, twili
     assert connect.tag == "Connect" and stream.get("url").startswith("wss://")
     parameters = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
     call.refresh_from_db()
-    assert parameters == {"token": streams.mint_stream_token(call)}
+    assert parameters == {"token": streams.mint_stream_token(call), "callId": str(call.id)}
     assert not call.initial_message_delivered  # the stream claims and speaks the greeting
     notify = CallFactory(provider="twilio", provider_call_id="CA" + "8" * 32, mode="notify", initial_message="Hi")
     assert twiml(post(client, f"callId={notify.id}", params_for(notify.provider_call_id)))[0].tag == "Say"

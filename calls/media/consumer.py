@@ -288,8 +288,18 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         group = None
         greeting = None
         try:
-            session = await db(streams.check_start)(call_sid=start.carrier_call_id, token=start.token,
-                                                    call_id=start.call_id)
+            check = db(streams.check_start)(call_sid=start.carrier_call_id, token=start.token, call_id=start.call_id)
+            if start.call_id:
+                # Our call id came with the stream: join its group while the token is checked (one
+                # Redis round trip off the start path). Both are awaited, so a refusal can undo the join.
+                group = streams.group_name(start.call_id)
+                session, joined = await asyncio.gather(
+                    check, self.channel_layer.group_add(group, self.channel_name), return_exceptions=True)
+                for outcome in (session, joined):
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+            else:
+                session = await check
             if not self.realtime:  # after the check: a refused start costs nothing more
                 try:
                     synthesizer = TelephonySynthesizer.from_settings(self.config.provider_settings)
@@ -297,8 +307,9 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                     self.tts_problem = str(exc)
             # Join the call's group before taking the lease: once the lease says "live stream", a
             # speak from any process must find us in the group.
-            group = streams.group_name(session.call_id)
-            await self.channel_layer.group_add(group, self.channel_name)
+            if group is None:
+                group = streams.group_name(session.call_id)
+                await self.channel_layer.group_add(group, self.channel_name)
             greeting = await db(streams.attach_stream)(
                 session.call_id, self.owner, start.stream_id, speak_greeting=self.realtime or synthesizer is not None
             )
