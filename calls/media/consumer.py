@@ -395,7 +395,9 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             return
         utterance = self.playback.on_mark(name)
         if utterance is None:
-            return  # not ours, or echoed after a clear
+            return  # not ours, a progress mark, or echoed after a clear
+        if self.bridge is not None:
+            self.bridge.on_played(utterance)
         session, sid = self.session, self.stream_sid
         self._job(lambda: db(streams.record_utterance_played)(
             call_id=session.call_id, call_sid=session.provider_call_id, stream_sid=sid, mark=name, text=utterance.text

@@ -62,7 +62,7 @@ class ModelTurn:
     transcript: list[str] = field(default_factory=list)
     received_frames: int = 0
     speech_stopped_at: float | None = None  # the caller turn it answers ended then (loop time)
-    settled: bool = False
+    settled: bool = False  # its line is written: played out, or cut by the caller
 
 
 class RealtimeBridge:
@@ -74,9 +74,9 @@ class RealtimeBridge:
         self.idle_s = idle_hangup_ms / 1000
         self.loop = asyncio.get_running_loop()
         self.last_media_at = self.loop.time()
-        self.turns: dict[str, ModelTurn] = {}
+        self.turns: dict[str, ModelTurn] = {}  # by response id, until response.done
+        self.unsettled: dict[str, ModelTurn] = {}  # by utterance id, until played out or cut
         self.scripted: list[tuple[int | None, str]] = []  # lines asked for (entry id, text), in order
-        self.current: ModelTurn | None = None
         # One response at a time (the API refuses a response.create while one is active): lines asked
         # for while the model speaks wait here; ``in_flight`` counts created-but-not-done responses
         # and our requests not yet created.
@@ -113,6 +113,8 @@ class RealtimeBridge:
         if self._watchdog is not None:
             self._watchdog.cancel()
         await self.session.close()
+        for turn in list(self.unsettled.values()):  # still playing when the stream went: cut where heard
+            self._settle(turn, heard_frames=turn.utterance.heard)
         unanswered = [entry for entry, _ in self.scripted if entry]
         self.scripted.clear()
         return unanswered
@@ -129,11 +131,13 @@ class RealtimeBridge:
             turn.entry_id, text = self.scripted.pop(0)
             utterance.entry_id, turn.transcript = turn.entry_id, [text]
         self.turns[response_id] = turn
+        self.unsettled[utterance.id] = turn
         try:
             self.playback.enqueue_live(utterance)
         except (OverflowError, RuntimeError) as exc:
             logger.warning("call %s: model audio not played: %s", self.call_id, exc)
             turn.settled = True
+            self.unsettled.pop(utterance.id, None)
 
     async def on_audio(self, response_id: str, item_id: str, delta_b64: str) -> None:
         turn = self.turns.get(response_id)
@@ -145,7 +149,6 @@ class RealtimeBridge:
             return
         turn.item_id = turn.item_id or item_id
         turn.received_frames += len(audio) / 160
-        self.current = turn
         self.playback.feed(turn.utterance, audio)
 
     async def on_audio_done(self, response_id: str, item_id: str) -> None:
@@ -173,40 +176,48 @@ class RealtimeBridge:
             self.session.send(rt.say_exactly(self.waiting_says.pop(0)))
         if not turn.utterance.done and not turn.settled:
             self.playback.finish(turn.utterance)
-        if turn.settled:
-            return
-        turn.settled = True
-        text = "".join(turn.transcript).strip()
-        latency = self._latency_ms(turn)
-        call_id = self.call_id
-        if turn.entry_id is not None:
-            self.consumer._job(lambda: db(streams.settle_bot_line)(
-                call_id=call_id, entry_id=turn.entry_id, heard_text=None, latency_ms=latency))
-        elif text:
-            self.consumer._job(lambda: db(streams.record_bot_line)(call_id=call_id, text=text, latency_ms=latency))
+        if not turn.settled and turn.received_frames == 0:  # nothing to play (a tool call): done now
+            self._settle(turn)
+
+    def on_played(self, utterance: Utterance) -> None:
+        """The carrier confirmed an utterance's last frame played: its line is written, whole."""
+        turn = self.unsettled.get(utterance.id)
+        if turn is not None:
+            self._settle(turn)
 
     async def on_speech_started(self) -> None:
-        """The caller talks: if our audio is still playing, clear it and cut the model's item there."""
+        """The caller talks: if our audio is still playing, clear it and cut the model's item at what
+        the caller heard (the model generates faster than real time, so this is usually long after
+        its response was done)."""
         if self.playback.closed or not self.playback.playing:
             return
-        turn = self.current
         dropped = self.playback.clear()
         await self.consumer._send_text(self.playback.frames.clear())
         logger.info("call %s: barge-in, %d utterance(s) cut", self.call_id, len(dropped))
-        if turn is None or turn.settled or turn.utterance not in dropped:
+        for utterance in dropped:
+            turn = self.unsettled.get(utterance.id)
+            if turn is None:
+                continue
+            if turn.item_id:
+                self.session.send(rt.truncate(turn.item_id, utterance.heard * 20))
+            self._settle(turn, heard_frames=utterance.heard)
+
+    def _settle(self, turn: ModelTurn, heard_frames: int | None = None) -> None:
+        """Write the turn's line: whole (played out), or -- ``heard_frames`` -- cut to the heard part."""
+        if turn.settled:
             return
         turn.settled = True
-        heard_frames = turn.utterance.heard
-        if turn.item_id:
-            self.session.send(rt.truncate(turn.item_id, heard_frames * 20))
-        heard_text = _heard_part("".join(turn.transcript), heard_frames, turn.received_frames)
+        self.unsettled.pop(turn.utterance.id, None)
+        text = "".join(turn.transcript).strip()
+        heard_text = None if heard_frames is None else _heard_part(text, heard_frames, turn.received_frames)
         latency, call_id = self._latency_ms(turn), self.call_id
         if turn.entry_id is not None:
             self.consumer._job(lambda: db(streams.settle_bot_line)(
                 call_id=call_id, entry_id=turn.entry_id, heard_text=heard_text, latency_ms=latency))
-        elif heard_text:
+        elif heard_text if heard_frames is not None else text:
+            line, interrupted = (heard_text, True) if heard_frames is not None else (text, False)
             self.consumer._job(lambda: db(streams.record_bot_line)(
-                call_id=call_id, text=heard_text, interrupted=True, latency_ms=latency))
+                call_id=call_id, text=line, interrupted=interrupted, latency_ms=latency))
 
     async def on_speech_stopped(self) -> None:
         self.speech_stopped_at = self.loop.time()
