@@ -52,6 +52,7 @@ TOOLS = [{
     "description": "Hang up this phone call. Say goodbye to the caller first, then call this.",
     "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
 }]
+TAG_KEY = "voicecall"  # response metadata key naming the line a response speaks
 SAY_EXACTLY = "Say exactly the following to the caller, word for word, and nothing else: {text}"
 
 
@@ -103,9 +104,15 @@ def session_update(settings: RealtimeSettings) -> dict[str, Any]:
     }
 
 
-def say_exactly(text: str) -> dict[str, Any]:
-    """``response.create`` that makes the model speak ``text`` (the greeting, a ``speak``)."""
-    return {"type": "response.create", "response": {"instructions": SAY_EXACTLY.format(text=text)}}
+def say_exactly(text: str, tag: str | None = None) -> dict[str, Any]:
+    """``response.create`` that makes the model speak ``text`` (the greeting, a ``speak``). ``tag`` is
+    both the event's id (an ``error`` it causes names it) and the response's metadata (its
+    ``response.created`` names it)."""
+    event: dict[str, Any] = {"type": "response.create", "response": {"instructions": SAY_EXACTLY.format(text=text)}}
+    if tag:
+        event["event_id"] = tag
+        event["response"]["metadata"] = {TAG_KEY: tag}
+    return event
 
 
 def truncate(item_id: str, audio_end_ms: int) -> dict[str, Any]:
@@ -122,7 +129,8 @@ class RealtimeListener(Protocol):
     async def on_speech_started(self) -> None: ...
     async def on_speech_stopped(self) -> None: ...
     async def on_caller_transcript(self, item_id: str, text: str) -> None: ...
-    async def on_response_created(self, response_id: str) -> None: ...
+    async def on_response_created(self, response_id: str, tag: str) -> None: ...
+    async def on_refused(self, event_id: str, code: str) -> None: ...
     async def on_audio(self, response_id: str, item_id: str, delta_b64: str) -> None: ...
     async def on_audio_done(self, response_id: str, item_id: str) -> None: ...
     async def on_bot_transcript_delta(self, response_id: str, item_id: str, delta: str) -> None: ...
@@ -236,7 +244,8 @@ class RealtimeSession:
                 await listener.on_caller_transcript(str(event.get("item_id") or ""), text)
         elif kind == "response.created":
             response = event.get("response") if isinstance(event.get("response"), dict) else {}
-            await listener.on_response_created(str(response.get("id") or ""))
+            metadata = response.get("metadata") if isinstance(response.get("metadata"), dict) else {}
+            await listener.on_response_created(str(response.get("id") or ""), str(metadata.get(TAG_KEY) or ""))
         elif kind == "response.output_audio.done":
             await listener.on_audio_done(str(event.get("response_id") or ""), str(event.get("item_id") or ""))
         elif kind == "response.output_audio_transcript.delta":
@@ -253,8 +262,9 @@ class RealtimeSession:
             await listener.on_response_done(str(response.get("id") or ""), str(response.get("status") or ""))
         elif kind == "error":
             error = event.get("error") if isinstance(event.get("error"), dict) else {}
-            logger.warning("realtime session for %s reported an error: %s", self.label,
-                           str(error.get("code") or error.get("type") or "no code")[:80])
+            code = str(error.get("code") or error.get("type") or "no code")[:80]
+            logger.warning("realtime session for %s reported an error: %s", self.label, code)
+            await listener.on_refused(str(error.get("event_id") or ""), code)
 
 
 def _join_b64(frames: list[str]) -> str:

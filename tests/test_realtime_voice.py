@@ -49,8 +49,9 @@ class RealtimeEnv:
     server: RunningServer
     document: dict
 
-    def start_call(self, greeting: str = GREETING) -> tuple[Call, object]:
-        """An answered conversation call whose carrier has opened its media stream."""
+    def start_call(self, greeting: str = GREETING, *, attached: bool = True) -> tuple[Call, object]:
+        """An answered conversation call whose carrier has opened its media stream (and, unless
+        ``attached`` is False, whose stream our server has attached)."""
         if self.carrier == "twilio":
             call = live_call(self.fake, mode="conversation", initial_message=greeting)
             stream = TwilioMediaStream(f"ws://127.0.0.1:{self.server.port}{STREAM_PATH}").connect()
@@ -60,7 +61,8 @@ class RealtimeEnv:
             call = services.initiate_call(to=CALLEE, message=greeting, mode="conversation")
             fake_call = wait_until(lambda: self.fake.calls.get(Call.objects.get(id=call.id).provider_call_id or "-"))
             stream = wait_until(lambda: fake_call.media, what="the carrier's media stream")
-        wait_until(lambda: streams.has_live_stream(str(call.id)), what="the stream attached")
+        if attached:
+            wait_until(lambda: streams.has_live_stream(str(call.id)), what="the stream attached")
         call.refresh_from_db()
         return call, stream
 
@@ -173,6 +175,33 @@ def test_greeting_and_turns_go_through_the_model_and_land_in_the_transcript(env)
     stream.close()
 
 
+def test_a_line_asked_for_as_the_model_begins_its_own_answer_waits_for_it(env):
+    """The API refuses a response.create while a response is active, and the model may have begun
+    answering the caller before we know it: our line is asked for again after that answer, and each
+    response is matched to its line by its metadata, not by order."""
+    env.model.script.append("What are your hours?")
+    env.model.replies.append("We open at nine.")
+    call, stream = env.start_call()
+    stream.wait_for(lambda: len(frames_of(stream, GREETING)) >= 30, what="the greeting")
+    wait_played(call)
+    env.model.announce_after = 0.5
+    stream.send_media(10)  # the caller's question: the model begins its answer, announced 0.5 s later
+    wait_until(lambda: TranscriptEntry.objects.filter(call=call, speaker="user").exists(), what="the question")
+    services.speak(str(call.id), "One moment please.")
+    wait_until(lambda: "One moment please." in env.model.said, what="our line said after all")
+    stream.wait_for(lambda: len(frames_of(stream, "One moment please.")) >= 25, what="our line's audio")
+    assert env.model.refused_creates == 1
+    levels = [dominant_byte(f) for f in stream.media_frames()]
+    answer, ours = level_byte("We open at nine."), level_byte("One moment please.")
+    assert levels.count(answer) >= 25 and max(i for i, v in enumerate(levels) if v == answer) < levels.index(ours)
+    wait_until(lambda: len(transcript(call)) == 4, what="four lines")
+    # Our line was recorded when asked for; the model's answer when it had played -- each its own text.
+    assert transcript(call) == [("bot", GREETING), ("user", "What are your hours?"), ("bot", "One moment please."),
+                                ("bot", "We open at nine.")]
+    assert not TranscriptEntry.objects.filter(call=call, interrupted=True).exists()
+    stream.close()
+
+
 def test_barge_in_clears_the_carrier_truncates_at_what_was_heard_and_keeps_the_heard_part(env):
     call, stream = env.start_call()
     stream.wait_for(lambda: len(frames_of(stream, GREETING)) >= 30, what="the greeting")
@@ -244,7 +273,7 @@ def test_the_provider_closing_the_session_ends_the_call(env):
 
 def test_a_session_that_cannot_be_opened_ends_the_call_without_a_sound(env):
     env.model.refuse = True
-    call, stream = env.start_call()
+    call, stream = env.start_call(attached=False)  # it may be over before the test could see it attached
     ended = wait_until(lambda: Call.objects.filter(id=call.id, state="hangup-bot").first(), what="the call ended")
     assert "could not be opened" in ended.last_error and "HTTP 503" in ended.last_error
     assert env.model.api_key not in ended.last_error

@@ -49,6 +49,8 @@ PROGRESS_EVERY_FRAMES = 5  # 100 ms: the truncation point is within 100 ms of wh
 IDLE_GRACE_S = 2.0
 GOODBYE_WAIT_S = 10.0  # the longest we let a goodbye play before hanging up anyway
 IDLE_CHECK_S = 0.5
+UNANNOUNCED = "(a response not yet announced)"
+UNANNOUNCED_RETRY_S = 1.0
 
 
 @dataclass(eq=False)
@@ -76,12 +78,14 @@ class RealtimeBridge:
         self.last_media_at = self.loop.time()
         self.turns: dict[str, ModelTurn] = {}  # by response id, until response.done
         self.unsettled: dict[str, ModelTurn] = {}  # by utterance id, until played out or cut
-        self.scripted: list[tuple[int | None, str]] = []  # lines asked for (entry id, text), in order
-        # One response at a time (the API refuses a response.create while one is active): lines asked
-        # for while the model speaks wait here; ``in_flight`` counts created-but-not-done responses
-        # and our requests not yet created.
+        # Lines asked for, by tag: the tag is the ``response.create``'s event id and its response's
+        # metadata, so the response -- or the API's refusal -- names the line it belongs to.
+        self.scripted: dict[str, tuple[int | None, str]] = {}
+        # One response at a time (the API refuses a response.create while one is active): lines wait
+        # here while the model speaks; ``active`` is the response in progress, ``requested`` ours sent.
         self.waiting_says: list[str] = []
-        self.in_flight = 0
+        self.active: str | None = None
+        self.requested: str | None = None
         self.speech_stopped_at: float | None = None
         self.ending = False
         self.closed = False
@@ -99,13 +103,37 @@ class RealtimeBridge:
         self.session.push(payload_b64)
 
     def say(self, text: str, entry_id: int | None) -> None:
-        """Have the model speak ``text`` (queued until the session is open)."""
-        self.scripted.append((entry_id, text))
-        if self.in_flight:
-            self.waiting_says.append(text)
-            return
-        self.in_flight += 1
-        self.session.send(rt.say_exactly(text))
+        """Have the model speak ``text`` (queued until the session is open and the model is quiet)."""
+        tag = f"say-{uuid.uuid4().hex[:16]}"
+        self.scripted[tag] = (entry_id, text)
+        self.waiting_says.append(tag)
+        self._next_say()
+
+    def _next_say(self) -> None:
+        if self.waiting_says and self.active is None and self.requested is None:
+            self.requested = self.waiting_says.pop(0)
+            self.session.send(rt.say_exactly(self.scripted[self.requested][1], tag=self.requested))
+
+    async def on_refused(self, event_id: str, code: str) -> None:
+        """The API refused one of our events: a line asked for while the model had begun an answer of
+        its own goes back to the front of the queue, to be said after that answer."""
+        if event_id and event_id == self.requested:
+            self.requested = None
+            if code == "conversation_already_has_active_response":
+                # The model's answer is under way (its response.created is still coming): wait for it
+                # to be done, or -- should it never be announced -- try again in a second.
+                self.waiting_says.insert(0, event_id)
+                if self.active is None:
+                    self.active = UNANNOUNCED
+                    self.loop.call_later(UNANNOUNCED_RETRY_S, self._unannounced_gone)
+                return
+            logger.warning("call %s: the model refused a line (%s)", self.call_id, code[:60])
+            self._next_say()
+
+    def _unannounced_gone(self) -> None:
+        if self.active == UNANNOUNCED and not self.closed:
+            self.active = None
+            self._next_say()
 
     async def close(self) -> list[int]:
         """The stream is gone: end the session. Returns the lines asked for but never answered."""
@@ -115,20 +143,20 @@ class RealtimeBridge:
         await self.session.close()
         for turn in list(self.unsettled.values()):  # still playing when the stream went: cut where heard
             self._settle(turn, heard_frames=turn.utterance.heard)
-        unanswered = [entry for entry, _ in self.scripted if entry]
+        unanswered = [entry for entry, _ in self.scripted.values() if entry]
         self.scripted.clear()
         return unanswered
 
     # --- model -> us (RealtimeListener) ----------------------------------------------------------
-    async def on_response_created(self, response_id: str) -> None:
+    async def on_response_created(self, response_id: str, tag: str) -> None:
         utterance = Utterance(id=uuid.uuid4().hex[:12], text="", entry_id=None, initial=False)
         turn = ModelTurn(response_id, utterance, speech_stopped_at=self.speech_stopped_at)
         self.speech_stopped_at = None
-        scripted = self.scripted and len(self.scripted) > len(self.waiting_says)
-        if not scripted:
-            self.in_flight += 1  # the model's own answer to the caller
-        if scripted:  # our response.create come back in order; the model's own turns carry none
-            turn.entry_id, text = self.scripted.pop(0)
+        self.active = response_id
+        if tag and tag in self.scripted:  # one of our lines; the model's own answers carry no tag
+            if tag == self.requested:
+                self.requested = None
+            turn.entry_id, text = self.scripted.pop(tag)
             utterance.entry_id, turn.transcript = turn.entry_id, [text]
         self.turns[response_id] = turn
         self.unsettled[utterance.id] = turn
@@ -170,10 +198,9 @@ class RealtimeBridge:
         turn = self.turns.pop(response_id, None)
         if turn is None:
             return
-        self.in_flight = max(0, self.in_flight - 1)
-        if self.waiting_says and not self.in_flight:
-            self.in_flight += 1
-            self.session.send(rt.say_exactly(self.waiting_says.pop(0)))
+        if self.active == response_id:
+            self.active = None
+        self._next_say()
         if not turn.utterance.done and not turn.settled:
             self.playback.finish(turn.utterance)
         if not turn.settled and turn.received_frames == 0:  # nothing to play (a tool call): done now

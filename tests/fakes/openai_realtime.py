@@ -16,7 +16,9 @@ with ``session.updated`` and plays a model driven by the audio it receives:
 * **Barge-in**: ``barge_in()`` reports ``speech_started`` and cancels the response in progress
   (``response.done`` with status ``cancelled``), as ``interrupt_response`` does.
 * A ``response.create`` while a response is active gets the API's ``error``
-  (``conversation_already_has_active_response``) and is counted (``refused_creates``).
+  (``conversation_already_has_active_response``, naming the event id) and is counted
+  (``refused_creates``); ``announce_after`` keeps an answer active that long before its
+  ``response.created``, the window in which a client cannot know the model has begun.
 * ``conversation.item.truncate`` is recorded (``truncations``) and answered with
   ``conversation.item.truncated``; ``function_call_output`` items are recorded (``tool_outputs``).
 * ``close_sessions()`` closes every socket from the server side; ``refuse`` answers upgrades 503.
@@ -80,7 +82,8 @@ class FakeRealtime:
         self.truncations: list[dict[str, Any]] = []
         self.tool_outputs: list[dict[str, Any]] = []
         self.said: list[str] = []  # texts clients asked to be said word for word
-        self.refused_creates = 0  # response.create while a response was active (a client bug)
+        self.refused_creates = 0  # response.create while a response was active
+        self.announce_after = 0.0  # seconds an answer to the caller is active before response.created
         # For bench/realtime_bench.py (perf_counter, CLOCK_MONOTONIC: comparable across processes):
         self.timing = False
         self.frame_times: dict[bytes, float] = {}  # first 8 bytes of a caller frame -> when it arrived
@@ -123,6 +126,8 @@ class FakeRealtime:
         self.reply_ms = 600
         self.reply_ms_for.clear()
         self.refuse = False
+        self.announce_after = 0.0
+        self.refused_creates = 0
 
     # --- test controls ---------------------------------------------------------------------------
     def barge_in(self) -> None:
@@ -218,14 +223,16 @@ class FakeRealtime:
             if conn.response is not None and not conn.response.done():
                 await self._send(conn, {"type": "error", "error": {
                     "type": "invalid_request_error", "code": "conversation_already_has_active_response",
-                    "message": "Conversation already has an active response in progress"}})
+                    "message": "Conversation already has an active response in progress",
+                    "event_id": event.get("event_id")}})
                 self.refused_creates += 1
                 return
-            instructions = str((event.get("response") or {}).get("instructions") or "")
+            response = event.get("response") or {}
+            instructions = str(response.get("instructions") or "")
             text = instructions.split(SAY_MARKER, 1)[1] if SAY_MARKER in instructions else "Okay."
             if SAY_MARKER in instructions:
                 self.said.append(text)
-            self._respond(conn, text)
+            self._respond(conn, text, metadata=response.get("metadata"))
         elif kind == "conversation.item.truncate":
             self.truncations.append({**event, "audio_sent_ms": conn.audio_sent_ms.get(event.get("item_id"), 0)})
             await self._send(conn, {"type": "conversation.item.truncated", "item_id": event.get("item_id"),
@@ -247,20 +254,27 @@ class FakeRealtime:
         if line in self.hang_up_on:
             self._respond(conn, "Goodbye!", tool="end_call")
         else:
-            self._respond(conn, self.replies.popleft() if self.replies else f"You said: {line}")
+            self._respond(conn, self.replies.popleft() if self.replies else f"You said: {line}",
+                          announce_after=self.announce_after)
 
-    def _respond(self, conn: RealtimeConnection, text: str, tool: str | None = None) -> None:
+    def _respond(self, conn: RealtimeConnection, text: str, tool: str | None = None,
+                 metadata: dict[str, str] | None = None, announce_after: float = 0.0) -> None:
         if conn.response is not None and not conn.response.done():
             conn.response.cancel()
-        conn.response = asyncio.get_running_loop().create_task(self._response(conn, text, tool))
+        conn.response = asyncio.get_running_loop().create_task(
+            self._response(conn, text, tool, metadata, announce_after))
 
-    async def _response(self, conn: RealtimeConnection, text: str, tool: str | None) -> None:
+    async def _response(self, conn: RealtimeConnection, text: str, tool: str | None,
+                        metadata: dict[str, str] | None = None, announce_after: float = 0.0) -> None:
+        if announce_after:  # the response is active (a response.create is refused) before it is announced
+            await asyncio.sleep(announce_after)
         response_id = "resp_" + uuid.uuid4().hex[:16]
         item_id = "item_" + uuid.uuid4().hex[:16]
         common = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
         status = "completed"
+        meta = {"metadata": metadata} if metadata else {}
         await self._send(conn, {"type": "response.created", "response": {
-            "id": response_id, "object": "realtime.response", "status": "in_progress", "output": []}})
+            "id": response_id, "object": "realtime.response", "status": "in_progress", "output": [], **meta}})
         try:
             audio = bytes([level_byte(text)]) * (self.reply_ms_for.get(text, self.reply_ms) * 8)
             chunks = [audio[i:i + CHUNK_BYTES] for i in range(0, len(audio), CHUNK_BYTES)]
@@ -289,7 +303,7 @@ class FakeRealtime:
         except asyncio.CancelledError:
             status = "cancelled"
         await self._send(conn, {"type": "response.done", "response": {
-            "id": response_id, "object": "realtime.response", "status": status, "output": []}})
+            "id": response_id, "object": "realtime.response", "status": status, "output": [], **meta}})
 
     async def _barge_in(self) -> None:
         for conn in self.live():
