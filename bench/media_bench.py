@@ -112,9 +112,9 @@ def start_frames(carrier: str, stream_sid: str, call_sid: str, token: str, call_
                   "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})]
 
 
-def caller_frame_parts(carrier: str, stream_sid: str) -> tuple[str, str, str]:
+def caller_frame_parts(carrier: str, stream_sid: str, audio_b64: str = CALLER_FRAME) -> tuple[str, str, str]:
     """(prefix, middle, suffix) of one caller media frame: prefix + seq + middle + chunk + suffix."""
-    payload = '","timestamp":"0","payload":"' + CALLER_FRAME + '"}'
+    payload = '","timestamp":"0","payload":"' + audio_b64 + '"}'
     if carrier == "telnyx":
         return ('{"event":"media","sequence_number":"', '","media":{"track":"inbound","chunk":"',
                 payload + ',"stream_id":"' + stream_sid + '"}')

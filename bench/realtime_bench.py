@@ -81,13 +81,11 @@ class Caller:
         self.reader: asyncio.Task | None = None
 
     async def open(self) -> None:
+        from media_bench import start_frames
+
         self.ws = await websockets.connect(self.url, max_size=2**20, compression=None, open_timeout=60)
-        await self.ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-        await self.ws.send(json.dumps({
-            "event": "start", "sequenceNumber": "1", "streamSid": self.stream_sid,
-            "start": {"streamSid": self.stream_sid, "callSid": self.call_sid, "tracks": ["inbound"],
-                      "customParameters": {"token": self.token},
-                      "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}))
+        for frame in start_frames("twilio", self.stream_sid, self.call_sid, self.token):
+            await self.ws.send(frame)
         self.reader = asyncio.get_running_loop().create_task(self._read())
 
     async def _read(self) -> None:
@@ -107,13 +105,14 @@ class Caller:
 
     async def send_audio(self, frames: list[bytes]) -> list[float]:
         """Send frames at 50 a second (deadline-paced); returns when each was sent."""
+        from media_bench import caller_frame_parts
+
         loop = asyncio.get_running_loop()
         sent, next_at = [], loop.time()
         for index, frame in enumerate(frames):
+            prefix, middle, suffix = caller_frame_parts("twilio", self.stream_sid, base64.b64encode(frame).decode())
             sent.append(time.perf_counter())
-            await self.ws.send(json.dumps({"event": "media", "sequenceNumber": str(index + 2), "streamSid": self.stream_sid,
-                                           "media": {"track": "inbound", "chunk": str(index + 1), "timestamp": "0",
-                                                     "payload": base64.b64encode(frame).decode()}}))
+            await self.ws.send(f"{prefix}{index + 2}{middle}{index + 1}{suffix}")
             next_at += FRAME_S
             await asyncio.sleep(max(0.0, next_at - loop.time()))
         return sent

@@ -157,10 +157,21 @@ def mulaw_format_problem(encoding: Any, sample_rate: Any, accepted: tuple[str, .
     return None
 
 
-def query_credentials(query: Mapping[str, str]) -> tuple[str | None, str | None]:
-    """``(call id, token)`` from a stream URL's query (Telnyx, Plivo)."""
+def query_start(stream_id: Any, carrier_call_id: Any, query: Mapping[str, str], media_format: Any, *,
+                encoding_key: str, rate_key: str, encodings: tuple[str, ...]) -> StreamStart | None:
+    """A ``start`` of a carrier that connects to the URL as given (Telnyx, Plivo): its ids, our call id
+    and token from the URL query, and whether its announced format is mu-law 8 kHz. None when an id
+    is missing or not id-shaped."""
+    stream_id, carrier_call_id = carrier_id(stream_id), carrier_id(carrier_call_id)
+    if stream_id is None or carrier_call_id is None:
+        return None
     token = query.get(TOKEN_PARAMETER) or None
-    return our_call_id(query.get(CALL_ID_PARAMETER)), token if isinstance(token, str) else None
+    media_format = media_format if isinstance(media_format, dict) else {}
+    return StreamStart(
+        stream_id=stream_id, carrier_call_id=carrier_call_id, token=token if isinstance(token, str) else None,
+        call_id=our_call_id(query.get(CALL_ID_PARAMETER)),
+        media_problem=mulaw_format_problem(media_format.get(encoding_key), media_format.get(rate_key), encodings),
+    )
 
 
 class OutboundFrames:

@@ -39,6 +39,8 @@ from typing import Any, Protocol
 import websockets
 from websockets.asyncio.client import connect
 
+from providers.stt import append_message
+
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
@@ -219,8 +221,7 @@ class RealtimeSession:
                 await ws.send(self._events.popleft())
             if self._audio:
                 batch = [self._audio.popleft() for _ in range(min(len(self._audio), MAX_FRAMES_PER_APPEND))]
-                audio = batch[0] if len(batch) == 1 else _join_b64(batch)
-                await ws.send('{"type":"input_audio_buffer.append","audio":"' + audio + '"}')
+                await ws.send(append_message(batch))  # the same append as realtime transcription's
 
     async def _dispatch(self, raw: str | bytes) -> None:
         try:
@@ -265,9 +266,3 @@ class RealtimeSession:
             code = str(error.get("code") or error.get("type") or "no code")[:80]
             logger.warning("realtime session for %s reported an error: %s", self.label, code)
             await listener.on_refused(str(error.get("event_id") or ""), code)
-
-
-def _join_b64(frames: list[str]) -> str:
-    import base64
-
-    return base64.b64encode(b"".join(base64.b64decode(f) for f in frames)).decode("ascii")

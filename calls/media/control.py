@@ -513,15 +513,20 @@ def end_call_from_stream(call_id: str, *, error: str | None = None) -> str | Non
     caller): the carrier hang-up, as ``end`` does. Returns the refusal message, None when ended."""
     if error:
         record_stream_error(call_id=call_id, error=error)
+    return _hang_up(call_id, "hang-up from its stream refused")[1]
+
+
+def _hang_up(call_id: str, refused: str) -> tuple[bool, str | None]:
+    """``services.end_call`` (``hangup-bot``) for a live call: (ended here, the refusal if any)."""
     call = services.find_call(call_id)
     if call is None or call.is_terminal:
-        return None
+        return False, None
     try:
         services.end_call(call_id, reason=CallState.HANGUP_BOT.value)
     except services.ServiceError as exc:
-        logger.warning("call %s: hang-up from its stream refused: %s", call_id, exc)
-        return str(exc)
-    return None
+        logger.warning("call %s: %s: %s", call_id, refused, exc)
+        return False, str(exc)
+    return True, None
 
 
 def record_stream_error(*, call_id: str, error: str) -> None:
@@ -541,16 +546,10 @@ def end_call_after_stream_loss(call_id: str) -> bool:
                 call.save(update_fields=["metadata", "updated_at"])
         logger.info("call %s kept: its media stream reconnected within the grace period", call_id)
         return False
-    call = services.find_call(call_id)
-    if call is None or call.is_terminal:
-        return False
-    try:
-        services.end_call(call_id, reason=CallState.HANGUP_BOT.value)
-    except services.ServiceError as exc:
-        logger.warning("call %s lost its media stream; hang-up failed: %s", call_id, exc)
-        return False
-    logger.info("call %s ended: media stream closed without reconnect", call_id)
-    return True
+    ended, _ = _hang_up(call_id, "lost its media stream; hang-up failed")
+    if ended:
+        logger.info("call %s ended: media stream closed without reconnect", call_id)
+    return ended
 
 
 class MediaStreams:

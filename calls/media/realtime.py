@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -320,5 +319,4 @@ def _heard_part(text: str, heard_frames: int, received_frames: float) -> str:
 def settings_from(config) -> rt.RealtimeSettings:
     """``realtime.providers.openai`` of the config as the session's settings (``RealtimeUnavailable``
     without a key)."""
-    section = json.loads(config.realtime.providers.openai.model_dump_json())
-    return rt.realtime_settings(section, config.realtime.instructions)
+    return rt.realtime_settings(config.realtime.providers.openai.model_dump(), config.realtime.instructions)

@@ -57,17 +57,9 @@ class PlivoStreamWire(media_stream.StreamWire):
         start = message.get("start")
         if not isinstance(start, dict):
             return None
-        call_uuid = media_stream.carrier_id(start.get("callId"))
-        stream_id = media_stream.carrier_id(start.get("streamId") or message.get("streamId"))
-        if call_uuid is None or stream_id is None:
-            return None
-        call_id, token = media_stream.query_credentials(query)
-        media_format = start.get("mediaFormat") if isinstance(start.get("mediaFormat"), dict) else {}
-        return StreamStart(
-            stream_id=stream_id, carrier_call_id=call_uuid, token=token, call_id=call_id,
-            media_problem=media_stream.mulaw_format_problem(
-                media_format.get("encoding"), media_format.get("sampleRate"), ("audio/x-mulaw",)),
-        )
+        return media_stream.query_start(
+            start.get("streamId") or message.get("streamId"), start.get("callId"), query,
+            start.get("mediaFormat"), encoding_key="encoding", rate_key="sampleRate", encodings=("audio/x-mulaw",))
 
     def played_name(self, message: dict[str, Any]) -> str | None:
         name = message.get("name")

@@ -63,17 +63,10 @@ class TelnyxStreamWire(media_stream.StreamWire):
         start = message.get("start")
         if not isinstance(start, dict):
             return None
-        call_control_id = media_stream.carrier_id(start.get("call_control_id"))
-        stream_id = media_stream.carrier_id(message.get("stream_id") or start.get("stream_id"))
-        if call_control_id is None or stream_id is None:
-            return None
-        call_id, token = media_stream.query_credentials(query)
-        media_format = start.get("media_format") if isinstance(start.get("media_format"), dict) else {}
-        return StreamStart(
-            stream_id=stream_id, carrier_call_id=call_control_id, token=token, call_id=call_id,
-            media_problem=media_stream.mulaw_format_problem(
-                media_format.get("encoding"), media_format.get("sample_rate"), ("pcmu", "audio/x-mulaw")),
-        )
+        return media_stream.query_start(
+            message.get("stream_id") or start.get("stream_id"), start.get("call_control_id"), query,
+            start.get("media_format"), encoding_key="encoding", rate_key="sample_rate",
+            encodings=("pcmu", "audio/x-mulaw"))
 
     def outbound(self, start: StreamStart) -> OutboundFrames:
         return OutboundFrames(
