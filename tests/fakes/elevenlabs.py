@@ -9,14 +9,14 @@ can compare byte for byte; ``pcm_<rate>`` answers s16le PCM at that rate. Errors
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from aiohttp import web
+
+from tests.fakes.aiohttp_server import LoopThreadServer
 
 API_KEY = "fake-elevenlabs-key-0123456789"
 VOICE_ID = "21m00Tcm4TlvDq8ikWAM"
@@ -28,26 +28,14 @@ def ulaw_pattern(length: int) -> bytes:
     return bytes(0x10 + (i % 0x60) for i in range(length))
 
 
-class FakeElevenLabs:
+class FakeElevenLabs(LoopThreadServer):
+    name = "fake ElevenLabs"
+
     def __init__(self, *, api_key: str = API_KEY) -> None:
+        super().__init__()
         self.api_key = api_key
         self.audio_ms = 300
         self.requests: list[dict[str, Any]] = []
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self.port = 0
-
-    def start(self) -> FakeElevenLabs:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fake ElevenLabs did not start")
-        return self
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
 
     @property
     def base_url(self) -> str:
@@ -59,17 +47,8 @@ class FakeElevenLabs:
             "providers": {"elevenlabs": {"apiKey": self.api_key, "baseUrl": self.base_url, "voiceId": VOICE_ID, **extra}},
         }
 
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/text-to-speech/{voice_id}/stream", self._stream)
-        self._runner = web.AppRunner(app, access_log=None)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
 
     @staticmethod
     def _error(status: int, code: str, message: str) -> web.Response:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
+from tests.fakes.aiohttp_server import LoopThreadServer
 from tests.fakes.polling import wait_until
 
 API_KEY = "sk-fake-openai-key-0123456789"
@@ -55,8 +56,11 @@ class SttSession:
     ws: web.WebSocketResponse | None = None
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopThreadServer):
+    name = "fake OpenAI"
+
     def __init__(self, *, api_key: str = API_KEY) -> None:
+        super().__init__()
         self.api_key = api_key
         self.tts_ms = 400
         self.tts_ms_for: dict[str, int] = {}
@@ -70,29 +74,13 @@ class FakeOpenAI:
         self.sessions: list[SttSession] = []
         self.refuse_stt = 0  # refuse this many realtime connections (HTTP 503) first
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
         self._release = asyncio.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self.port = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> FakeOpenAI:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fake OpenAI did not start")
-        return self
-
-    def stop(self) -> None:
-        async def _shutdown() -> None:
-            for session in list(self.sessions):
-                if session.ws is not None and not session.ws.closed:
-                    await session.ws.close()
-            await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(_shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+    async def before_stop(self) -> None:
+        for session in list(self.sessions):
+            if session.ws is not None and not session.ws.closed:
+                await session.ws.close()
 
     @property
     def http_base(self) -> str:
@@ -148,22 +136,10 @@ class FakeOpenAI:
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
         return wait_until(predicate, timeout, what=what)
 
-    def _call(self, coro) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
-
     # --- server ----------------------------------------------------------------------------------
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/audio/speech", self._speech)
         app.router.add_get("/v1/realtime", self._realtime)
-        self._runner = web.AppRunner(app, access_log=None)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
 
     def _authorized(self, request: web.Request) -> bool:
         return request.headers.get("Authorization") == f"Bearer {self.api_key}"

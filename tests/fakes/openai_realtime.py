@@ -44,6 +44,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.aiohttp_server import LoopThreadServer
+
 API_KEY = "sk-fake-realtime-key-0123456789"
 SAY_MARKER = "word for word, and nothing else: "
 CHUNK_BYTES = 800  # 100 ms of mu-law
@@ -66,8 +68,11 @@ class RealtimeConnection:
     audio_sent_ms: dict[str, int] = field(default_factory=dict)  # item id -> ms of audio sent
 
 
-class FakeRealtime:
+class FakeRealtime(LoopThreadServer):
+    name = "fake realtime"
+
     def __init__(self, *, api_key: str = API_KEY) -> None:
+        super().__init__()
         self.api_key = api_key
         self.script: deque[str] = deque()
         self.replies: deque[str] = deque()
@@ -90,24 +95,10 @@ class FakeRealtime:
         self.first_delta_times: list[tuple[str, float]] = []  # (text, when its first audio delta left)
         self.barge_times: list[float] = []  # when speech_started of a barge_in() left
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self.port = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> FakeRealtime:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fake realtime did not start")
-        return self
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self._call(self._close_all(1001))
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+    async def before_stop(self) -> None:
+        await self._close_all(1001)
 
     @property
     def ws_base(self) -> str:
@@ -148,21 +139,9 @@ class FakeRealtime:
         with self._lock:
             return [e for e in self.received if e.get("type") == kind]
 
-    def _call(self, coro) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
-
     # --- server ----------------------------------------------------------------------------------
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/realtime", self._realtime)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
 
     async def _realtime(self, request: web.Request) -> web.StreamResponse:
         if self.refuse:
