@@ -90,7 +90,9 @@ def test_continue_typed_while_the_callee_rings_returns_the_reply(waiting):
 
 
 def test_dtmf_on_a_call_still_being_placed_waits_for_it(waiting):
-    call = CallFactory(state="initiated", mode="notify")  # no carrier id yet
+    # No carrier id yet. A conversation: a notify call would speak on answer and hang up after its
+    # (eagerly run) notify delay, which can end the call before the waiting DTMF is sent.
+    call = CallFactory(state="initiated", mode="conversation")
     thread, outcome = in_thread(lambda: services.send_dtmf(str(call.id), "12#"))
     assert waiting.wait(30)
     Call.objects.filter(id=call.id).update(provider_call_id="mock-placed")
