@@ -276,6 +276,13 @@ class Provider:
     def get_call_status(self, provider_call_id: str) -> ProviderCallStatus:
         return ProviderCallStatus(status="unknown", is_terminal=False, is_unknown=True)
 
+    def find_placed_call(self, call_id: str) -> str | None:
+        """The carrier's id of the call we dialed as ``call_id``, found by our own id, after a dial
+        whose reply was lost. None when the carrier lists no such call -- or cannot be asked: only a
+        carrier whose API shows our id on its calls overrides this (a match on numbers and times
+        could bind someone else's call). A read, safe to repeat; raises ``ProviderError``."""
+        return None
+
     def reject_inbound(self, provider_call_id: str) -> None:
         """Hang up an inbound call that policy rejected (no call record exists)."""
         raise NotImplementedError

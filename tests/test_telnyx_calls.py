@@ -232,6 +232,31 @@ def test_call_status_follows_is_alive_and_treats_404_as_ended(fake, configure):
     assert (unknown.is_terminal, unknown.is_unknown) == (False, True)
 
 
+def test_a_dialed_call_is_found_by_our_call_id_among_the_connections_active_calls(fake, configure):
+    """After a lost dial reply: GET /connections/{id}/active_calls, paged, matched on client_state."""
+    provider = provider_for(fake, configure)
+    others = [dial(fake, provider, f"6f1c2f5e-0000-4000-8000-{n:012d}") for n in range(1, 261)]
+    ours = dial(fake, provider, "6f1c2f5e-0000-4000-8000-999999999999")  # on the second page of 250
+    assert provider.find_placed_call("6f1c2f5e-0000-4000-8000-999999999999") == ours
+    assert provider.find_placed_call("6f1c2f5e-0000-4000-8000-000000000007") == others[6]
+    pages = [c.path for c in fake.commands_for("active_calls")]
+    assert pages[0] == f"/v2/connections/{fake.connection_id}/active_calls?page%5Bnumber%5D=1&page%5Bsize%5D=250"
+    assert len(pages) == 3  # two pages for ours, one for the other
+    provider.hangup_call(snapshot_of(ours))
+    assert provider.find_placed_call("6f1c2f5e-0000-4000-8000-999999999999") is None  # ended: no longer active
+    assert provider.find_placed_call("6f1c2f5e-0000-4000-8000-000000000000") is None  # never dialed
+    assert not [c for c in fake.commands_for("dial") if c.status != 200]  # a lookup never dials
+
+
+def test_a_failing_active_calls_lookup_is_an_error_without_the_key(fake, configure):
+    provider = provider_for(fake, configure)
+    fake.fail_next("active_calls", 503)
+    fake.fail_next("active_calls", 503)
+    with pytest.raises(ProviderError) as err:
+        provider.find_placed_call("6f1c2f5e-0000-4000-8000-000000000001")
+    assert "503" in str(err.value) and fake.api_key not in str(err.value)
+
+
 # ------------------------------------------------------------------------------------------------
 # Whole calls: fake Telnyx → signed webhooks → real daphne → services → REST back to the fake
 # ------------------------------------------------------------------------------------------------

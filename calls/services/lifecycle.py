@@ -52,6 +52,7 @@ from calls.state import CallState
 from providers.base import (
     CallSnapshot,
     OutboundCallRequest,
+    PlacedCall,
     Provider,
     ProviderError,
 )
@@ -146,13 +147,18 @@ def place_call(call_id: str) -> str:
         voice=configured_voice(config.effective_tts()),  # carriers' native speech (fact sheet §6.1)
         stream_token=token,
     )
+    confirmed_by = ""
     try:
         placed = provider.initiate_call(request)
     except ProviderError as exc:
-        if exc.ambiguous:
-            # The carrier may have dialed (its reply was lost): dialing again could ring the callee
-            # twice. The claim stays, so nothing redials; the carrier's callbacks carry our call id
-            # and bind its leg to this record (ingest), and the reaper ends the call if none come.
+        found = _look_up_placed_call(provider, str(call.id)) if exc.ambiguous else None
+        if found:
+            placed, confirmed_by = PlacedCall(provider_call_id=found), "lookup"
+        elif exc.ambiguous:
+            # The carrier may have dialed (its reply was lost) and its API could not show the call:
+            # dialing again could ring the callee twice. The claim stays, so nothing redials; the
+            # carrier's callbacks carry our call id and bind its leg to this record (ingest), and
+            # the reaper ends the call if none come.
             with transaction.atomic():
                 locked = Call.objects.select_for_update().get(id=call.id)
                 if locked.provider_call_id:  # a callback beat the timeout and bound the leg already
@@ -165,7 +171,7 @@ def place_call(call_id: str) -> str:
             logger.warning("call %s: dial not confirmed by the carrier (%s); waiting for its callbacks", call.id, exc)
             publish_call_update(str(call.id))
             return "unconfirmed"
-        if exc.retryable:
+        elif exc.retryable:
             # The carrier said no (or never answered): nothing was dialed, so a retry may dial.
             with transaction.atomic():
                 locked = Call.objects.select_for_update().get(id=call.id)
@@ -176,8 +182,9 @@ def place_call(call_id: str) -> str:
                 locked.last_error = str(exc)
                 locked.save(update_fields=["metadata", "last_error", "updated_at"])
             raise
-        fail_call(str(call.id), str(exc))
-        return "failed"
+        else:
+            fail_call(str(call.id), str(exc))
+            return "failed"
 
     hang_up_now = False
     with transaction.atomic():
@@ -186,8 +193,12 @@ def place_call(call_id: str) -> str:
         # (Plivo: CallUUID arriving before we stored the provisional RequestUUID): keep it.
         if not locked.provider_call_id:
             locked.provider_call_id = placed.provider_call_id
+        elif confirmed_by:
+            confirmed_by = "callback"
+        if confirmed_by:
+            locked.metadata = {**locked.metadata, "dialConfirmedBy": confirmed_by}
         locked.last_error = ""
-        locked.save(update_fields=["provider_call_id", "last_error", "updated_at"])
+        locked.save(update_fields=["provider_call_id", "metadata", "last_error", "updated_at"])
         # Ended (e.g. by the operator) while the carrier request was in flight: hang the new leg up.
         hang_up_now = locked.is_terminal
     publish_call_update(str(call.id))
@@ -195,6 +206,38 @@ def place_call(call_id: str) -> str:
         safe_hangup(provider, snapshot(locked, config))
     logger.info("call %s placed as %s", call.id, placed.provider_call_id)
     return "placed"
+
+
+def bind_unconfirmed_dial(call_id: str) -> bool:
+    """Look a dial whose reply was lost up at the carrier once more and, when it lists the call,
+    bind that leg to the record (the reaper then ends it through the carrier, so no leg of ours is
+    left ringing unmanaged). False when the carrier shows nothing (or cannot be asked)."""
+    found = _look_up_placed_call(carrier(get_config()), call_id)
+    if not found:
+        return False
+    with transaction.atomic():
+        locked = Call.objects.select_for_update().filter(id=call_id).first()
+        if locked is None or locked.is_terminal:
+            return False
+        if not locked.provider_call_id:
+            locked.provider_call_id = found
+            locked.metadata = {**{k: v for k, v in locked.metadata.items() if k != DIAL_UNCONFIRMED_KEY},
+                               "dialConfirmedBy": "lookup"}
+            locked.save(update_fields=["provider_call_id", "metadata", "updated_at"])
+    publish_call_update(call_id)
+    return True
+
+
+def _look_up_placed_call(provider: Provider, call_id: str) -> str | None:
+    """Ask the carrier for the call a lost dial reply may have created (a read, never a dial)."""
+    try:
+        found = provider.find_placed_call(call_id)
+    except ProviderError as exc:
+        logger.warning("call %s: looking the dial up at the carrier failed: %s", call_id, exc)
+        return None
+    if found:
+        logger.info("call %s: the carrier lists the dial whose reply was lost", call_id)
+    return found
 
 
 def fail_call(call_id: str, error: str) -> None:

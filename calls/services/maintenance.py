@@ -18,7 +18,7 @@ from calls.models import (
     WebhookReceipt,
 )
 from calls.services.effects import Effect, after_commit, prune_dispatched
-from calls.services.lifecycle import end_call, enforce_max_duration, fail_call, safe_hangup
+from calls.services.lifecycle import bind_unconfirmed_dial, end_call, enforce_max_duration, fail_call, safe_hangup
 from calls.services.records import (
     DIAL_NEVER_CONFIRMED,
     PLACEMENT_EXPIRED,
@@ -60,11 +60,12 @@ def reap_stale_calls() -> dict[str, int]:
             if call.state == CallState.INITIATED.value and not call.provider_call_id and not call.metadata.get("dialClaimedAt"):
                 # Still queued for placement (e.g. no worker running): fail it rather than dial late.
                 fail_call(str(call.id), "not placed within staleCallReaperSeconds")
-            elif not call.provider_call_id and call.metadata.get("dialClaimedAt"):
-                # A dial the carrier never confirmed, and no callback since: end it, never redial
-                # (should the leg still turn up, ingest hangs it up as a stray).
+            elif (not call.provider_call_id and call.metadata.get("dialClaimedAt")
+                  and not bind_unconfirmed_dial(str(call.id))):
+                # A dial the carrier never confirmed, no callback since, and its API does not list
+                # it: end it, never redial (should the leg still turn up, ingest hangs it up as a stray).
                 fail_call(str(call.id), DIAL_NEVER_CONFIRMED)
-            else:
+            else:  # a leg we hold (or just found at the carrier): hung up through the carrier
                 try:
                     end_call(str(call.id), reason=CallState.HANGUP_BOT.value)
                 except ServiceError:

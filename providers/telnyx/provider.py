@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import requests
 from nacl.signing import VerifyKey
@@ -42,6 +42,8 @@ from providers.telnyx.signatures import (
 )
 from providers.telnyx.stream import stream_request_fields
 from providers.telnyx.wire import (
+    ACTIVE_CALLS_MAX_PAGES,
+    ACTIVE_CALLS_PAGE_SIZE,
     API_VERSION_PATH,
     CALL_ENDED_ERROR_CODES,
     CALL_ENDED_TEXT,
@@ -310,6 +312,35 @@ class TelnyxProvider(Provider):
             return ProviderCallStatus(status=status, is_terminal=False)
         return ProviderCallStatus(status=status if state else "ended", is_terminal=True, end_reason="completed")
 
+    def find_placed_call(self, call_id: str) -> str | None:
+        """Our call among the connection's active calls: ``GET /connections/{id}/active_calls``
+        (Telnyx "List all active calls for given connection"; ``page[number]``/``page[size]``, the
+        ``meta.total_pages`` the official SDK pages by). Each entry carries the ``client_state`` we
+        dialed with, i.e. our call id, so the match is exact. A call that has already ended is no
+        longer listed: then its callbacks (``call.hangup``) are all there is."""
+        if not self._connection_id:
+            return None
+        path = f"/connections/{quote(self._connection_id, safe='')}/active_calls"
+        for page in range(1, ACTIVE_CALLS_MAX_PAGES + 1):
+            query = urlencode({"page[number]": page, "page[size]": ACTIVE_CALLS_PAGE_SIZE})
+            document = self._request("GET", f"{path}?{query}", None, tolerate_not_found=True, whole=True)
+            entries = document.get("data") if isinstance(document, dict) else None
+            if not isinstance(entries, list) or not entries:
+                return None
+            for entry in entries:
+                if not isinstance(entry, dict) or decode_client_state(entry.get("client_state")) != call_id:
+                    continue
+                call_control_id = entry.get("call_control_id")
+                if isinstance(call_control_id, str) and call_control_id:
+                    return call_control_id
+            meta = document.get("meta") if isinstance(document.get("meta"), dict) else {}
+            total_pages = meta.get("total_pages")
+            if not isinstance(total_pages, int) or page >= total_pages:
+                return None
+        logger.warning("telnyx: more than %s pages of active calls; call %s not found in them",
+                       ACTIVE_CALLS_MAX_PAGES, call_id)
+        return None
+
     # --- REST plumbing --------------------------------------------------------------------------
     @staticmethod
     def _command_id(kind: str, stable_id: str | None = None) -> str:
@@ -350,8 +381,10 @@ class TelnyxProvider(Provider):
         tolerate_not_found: bool = False,
         tolerate_ended: bool = False,
         creates: bool = False,
+        whole: bool = False,
     ) -> dict[str, Any] | None:
-        """One REST call; returns ``data`` (None for a tolerated 404/ended). Timeouts, connection
+        """One REST call; returns ``data`` (the whole document when ``whole``: lists and their
+        ``meta``; None for a tolerated 404/ended). Timeouts, connection
         errors and 5xx are retried once (same body, so the same command_id) and then raised as
         retryable ``ProviderError``s; other errors are not retryable. A request that ``creates``
         something (the dial) is never re-sent after it may have arrived (a read timeout, a connection
@@ -382,7 +415,7 @@ class TelnyxProvider(Provider):
                 continue
             status = response.status_code
             if 200 <= status < 300:
-                return self._data_of(response)
+                return self._document_of(response) if whole else self._data_of(response)
             errors = self._errors_of(response)
             if status == 404 and tolerate_not_found:
                 return None
@@ -399,14 +432,18 @@ class TelnyxProvider(Provider):
         raise last_error
 
     @staticmethod
-    def _data_of(response: requests.Response) -> dict[str, Any] | None:
+    def _document_of(response: requests.Response) -> dict[str, Any]:
         if not response.content:
             return {}
         try:
             document = response.json()
         except ValueError:
             return {}
-        data = document.get("data") if isinstance(document, dict) else None
+        return document if isinstance(document, dict) else {}
+
+    @classmethod
+    def _data_of(cls, response: requests.Response) -> dict[str, Any]:
+        data = cls._document_of(response).get("data")
         return data if isinstance(data, dict) else {}
 
     @staticmethod

@@ -17,6 +17,10 @@ API_VERSION_PATH = "/v2"
 REQUEST_TIMEOUT = (5.0, 15.0)
 # A command that timed out or got a 5xx is sent once more with the same command_id (idempotent).
 COMMAND_ATTEMPTS = 2
+#: Looking our call up among the connection's active calls (after a lost dial reply): the page size
+#: (Telnyx list endpoints take 1..250) and how many pages to read before giving up (5,000 calls).
+ACTIVE_CALLS_PAGE_SIZE = 250
+ACTIVE_CALLS_MAX_PAGES = 20
 COMMAND_ID_PREFIX = "voicecall"
 
 DEFAULT_VOICE = "female"

@@ -28,7 +28,8 @@ leave from one background thread in order, like Telnyx's per-call sequencing:
 
 Everything the fake receives and sends is recorded (``commands``, ``deliveries``) for assertions;
 ``idle()`` says whether every queued webhook went out. ``dial_gate`` holds dial requests (a slow
-carrier) so a test can kill the client mid-request.
+carrier) so a test can kill the client mid-request; ``webhook_gate`` holds the callbacks back.
+``GET /v2/connections/{id}/active_calls`` lists the live legs with their ``client_state``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import requests
 from nacl.signing import SigningKey
@@ -141,6 +142,10 @@ class FakeTelnyx:
         self.dial_gate.set()
         self.dial_received = threading.Event()
         self.dial_gate_timeout = 60.0
+        # Webhooks leave only while ``webhook_gate`` is set: clear it to hold every callback back (a
+        # carrier whose callbacks are delayed or cannot reach us), set it to let them go, in order.
+        self.webhook_gate = threading.Event()
+        self.webhook_gate.set()
         self.create_faults = CreateFaults()  # injected faults of POST /v2/calls (tests/fakes/faults.py)
         self.commands: list[RecordedCommand] = []
         self.deliveries: list[Delivery] = []
@@ -172,6 +177,7 @@ class FakeTelnyx:
             self._server.shutdown()
             self._server.server_close()
         self._outbox.put(None)
+        self.webhook_gate.set()
         for thread in self._threads:
             thread.join(timeout=10)
 
@@ -268,6 +274,7 @@ class FakeTelnyx:
     def _deliver_forever(self) -> None:
         while True:
             item = self._outbox.get()
+            self.webhook_gate.wait()
             if item is None:
                 self._outbox.task_done()
                 return
@@ -360,6 +367,9 @@ class FakeTelnyx:
             action, ccid = parts[4], parts[2]
         elif parts[:2] == ["v2", "calls"] and len(parts) == 3 and method == "GET":
             action, ccid = "status", parts[2]
+        elif parts[:2] == ["v2", "connections"] and len(parts) == 4 and parts[3] == "active_calls" and method == "GET":
+            action, ccid = "active_calls", None
+            body = {**dict(parse_qsl(urlsplit(path).query)), "connection_id": parts[2]}
         else:
             return 404, {"errors": [NOT_FOUND_ERROR]}
         command = RecordedCommand(method, path, action, ccid, body)
@@ -401,6 +411,8 @@ class FakeTelnyx:
         ok = (200, {"data": {"result": "ok"}})
         if action == "dial":
             return self._dial(body)
+        if action == "active_calls":
+            return self._active_calls(body)
         call = self.calls.get(ccid or "")
         if call is None:
             return 404, {"errors": [NOT_FOUND_ERROR]}
@@ -485,6 +497,29 @@ class FakeTelnyx:
         stream.send_stop(call.call_control_id)
         threading.Thread(target=stream.close, daemon=True).start()  # never block the API on it
         self.emit(call, "streaming.stopped", stream_url=(call.stream_request or {}).get("stream_url"))
+
+    def _active_calls(self, query: dict) -> tuple[int, dict]:
+        """``GET /v2/connections/{id}/active_calls`` ("List all active calls for given connection"):
+        the connection's live legs, ``page[number]``/``page[size]`` paginated, entries shaped as the
+        published example (call_control_id, call_leg_id, call_session_id, client_state,
+        call_duration, record_type)."""
+        if query["connection_id"] != self.connection_id:
+            return 404, {"errors": [NOT_FOUND_ERROR]}
+        try:
+            number = int(query.get("page[number]", 1))
+            size = int(query.get("page[size]", 20))
+        except ValueError:
+            return 400, {"errors": [{"code": "10015", "title": "Invalid parameter", "detail": "page"}]}
+        if number < 1 or not 1 <= size <= 250:
+            return 400, {"errors": [{"code": "10015", "title": "Invalid parameter", "detail": "page"}]}
+        live = [call for call in self.calls.values() if call.alive]
+        page = live[(number - 1) * size:number * size]
+        data = [{"call_control_id": call.call_control_id, "call_leg_id": call.call_leg_id,
+                 "call_session_id": call.call_session_id, "client_state": call.client_state,
+                 "call_duration": 0, "record_type": "call"} for call in page]
+        total_pages = max(1, -(-len(live) // size))
+        return 200, {"data": data, "meta": {"page_number": number, "page_size": size,
+                                            "total_pages": total_pages, "total_results": len(live)}}
 
     def _dial(self, body: dict) -> tuple[int, dict]:
         missing = [k for k in ("connection_id", "to", "from", "webhook_url") if not body.get(k)]
