@@ -99,10 +99,10 @@ def test_a_faulted_create_call_request_rings_the_callee_exactly_once(carrier, fa
     carrier.fake.create_faults.inject(fault)
     finds_by_our_id = isinstance(carrier.fake, FakeTelnyx)  # its active-calls list shows our client_state
     if finds_by_our_id:
-        carrier.fake.webhook_gate.clear()  # so it is the lookup, not a racing callback, that binds the leg
+        carrier.fake.callback_gate.clear()  # so it is the lookup, not a racing callback, that binds the leg
     call = services.initiate_call(to=CALLEE, message="Your parcel is here", mode="notify")
     if finds_by_our_id:
-        carrier.fake.webhook_gate.set()
+        carrier.fake.callback_gate.set()
 
     (leg,) = wait_until(carrier.legs, what="the carrier's call")
     # Our record ends up holding that leg: from the create reply, or -- when the reply was lost --
@@ -134,7 +134,7 @@ def telnyx(start_daphne, configure, monkeypatch, retries_inline):
 
 def test_a_lost_dial_reply_whose_lookup_fails_waits_for_the_callbacks_and_never_redials(telnyx):
     telnyx.create_faults.inject(LOSE_REPLY)
-    telnyx.webhook_gate.clear()
+    telnyx.callback_gate.clear()
     telnyx.fail_next("active_calls", 503)
     telnyx.fail_next("active_calls", 503)  # the lookup's retry too
     call = services.initiate_call(to=CALLEE, message="Your parcel is here", mode="notify")
@@ -142,7 +142,7 @@ def test_a_lost_dial_reply_whose_lookup_fails_waits_for_the_callbacks_and_never_
     waiting = Call.objects.get(id=call.id)
     assert waiting.provider_call_id is None and "not redialed" in waiting.last_error
     assert len(telnyx.commands_for("active_calls")) == 2
-    telnyx.webhook_gate.set()
+    telnyx.callback_gate.set()
     (leg,) = telnyx.calls
     wait_until(lambda: Call.objects.get(id=call.id).is_terminal, what="the notify call to finish")
     finished = Call.objects.get(id=call.id)
@@ -157,7 +157,7 @@ def test_the_reaper_finds_an_unconfirmed_dial_at_the_carrier_and_hangs_it_up(tel
     nothing of ours is left ringing unmanaged, and nothing is dialed again."""
     telnyx.answer_outbound = False
     telnyx.create_faults.inject(LOSE_REPLY)
-    telnyx.webhook_gate.clear()
+    telnyx.callback_gate.clear()
     telnyx.fail_next("active_calls", 503)
     telnyx.fail_next("active_calls", 503)
     call = services.initiate_call(to=CALLEE, message="Your parcel is here", mode="conversation")
@@ -175,7 +175,7 @@ def test_the_reaper_finds_an_unconfirmed_dial_at_the_carrier_and_hangs_it_up(tel
 
 def test_the_reaper_fails_an_unconfirmed_dial_the_carrier_does_not_list(telnyx):
     telnyx.create_faults.inject(LOSE_REPLY)
-    telnyx.webhook_gate.clear()
+    telnyx.callback_gate.clear()
     telnyx.fail_next("active_calls", 503)
     telnyx.fail_next("active_calls", 503)
     call = services.initiate_call(to=CALLEE, message="Your parcel is here", mode="notify")

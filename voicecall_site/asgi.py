@@ -17,7 +17,9 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from calls.interfaces.direct_view import DirectView  # noqa: E402
 from calls.interfaces.live import LiveCallConsumer  # noqa: E402
+from calls.interfaces.webhooks import carrier_webhook  # noqa: E402
 from calls.interfaces.webhook_gate import WebhookGate, install_daphne_early_gate  # noqa: E402
 from calls.media.routing import websocket_urlpatterns  # noqa: E402
 
@@ -26,7 +28,8 @@ install_daphne_early_gate()
 
 application = ProtocolTypeRouter(
     {
-        "http": WebhookGate(django_asgi_app),
+        # The webhook, once through the gate, skips Django's middleware (calls/interfaces/direct_view.py).
+        "http": WebhookGate(django_asgi_app, webhook_view=DirectView(carrier_webhook)),
         "websocket": URLRouter([
             *websocket_urlpatterns,
             # The operator console's live call page: a staff session, from this site's own pages only.

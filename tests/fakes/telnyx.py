@@ -28,7 +28,7 @@ leave from one background thread in order, like Telnyx's per-call sequencing:
 
 Everything the fake receives and sends is recorded (``commands``, ``deliveries``) for assertions;
 ``idle()`` says whether every queued webhook went out. ``dial_gate`` holds dial requests (a slow
-carrier) so a test can kill the client mid-request; ``webhook_gate`` holds the callbacks back.
+carrier) so a test can kill the client mid-request; ``callback_gate`` holds the callbacks back.
 ``GET /v2/connections/{id}/active_calls`` lists the live legs with their ``client_state``.
 """
 
@@ -142,10 +142,10 @@ class FakeTelnyx:
         self.dial_gate.set()
         self.dial_received = threading.Event()
         self.dial_gate_timeout = 60.0
-        # Webhooks leave only while ``webhook_gate`` is set: clear it to hold every callback back (a
+        # Webhooks leave only while ``callback_gate`` is set: clear it to hold every callback back (a
         # carrier whose callbacks are delayed or cannot reach us), set it to let them go, in order.
-        self.webhook_gate = threading.Event()
-        self.webhook_gate.set()
+        self.callback_gate = threading.Event()
+        self.callback_gate.set()
         self.create_faults = CreateFaults()  # injected faults of POST /v2/calls (tests/fakes/faults.py)
         self.commands: list[RecordedCommand] = []
         self.deliveries: list[Delivery] = []
@@ -177,7 +177,7 @@ class FakeTelnyx:
             self._server.shutdown()
             self._server.server_close()
         self._outbox.put(None)
-        self.webhook_gate.set()
+        self.callback_gate.set()
         for thread in self._threads:
             thread.join(timeout=10)
 
@@ -274,7 +274,7 @@ class FakeTelnyx:
     def _deliver_forever(self) -> None:
         while True:
             item = self._outbox.get()
-            self.webhook_gate.wait()
+            self.callback_gate.wait()
             if item is None:
                 self._outbox.task_done()
                 return
