@@ -156,3 +156,78 @@ def test_close_codes_go_out_through_autobahn_close_frames():
     assert protocol.closed_with == (1008, b"Unknown call", False)
     assert compat.send_close_code(_send(_Protocol(state=0)), 1008, "x") is False  # not open
     assert compat.send_close_code(lambda message: None, 1013, "x") is False  # not daphne
+
+
+# --- 4. autobahn's per-frame costs -------------------------------------------------------------------
+
+
+def test_the_small_frame_masker_unmasks_exactly_as_autobahns_own_in_any_chunking():
+    import random
+
+    from autobahn.websocket import xormasker
+
+    rng = random.Random(20261207)
+    for _ in range(200):
+        size = rng.choice([0, 1, 3, 4, 5, 160, 341, 1000, rng.randint(0, 5000)])
+        data, mask = rng.randbytes(size), rng.randbytes(4)
+        ours, theirs = compat.SmallFrameMasker(mask), xormasker.create_xor_masker(mask, size)
+        cuts = sorted(rng.sample(range(size + 1), min(3, size + 1))) + [size]
+        start, mine, reference = 0, b"", b""
+        for cut in cuts:
+            mine += ours.process(data[start:cut])
+            reference += theirs.process(data[start:cut])
+            start = cut
+        assert mine == reference and ours.pointer() == theirs.pointer() == size
+        assert compat.SmallFrameMasker(mask).process(mine) == data  # masking is its own inverse
+
+
+def test_lean_autobahn_frames_is_applied_by_the_asgi_module_and_idempotent():
+    from autobahn.websocket import protocol
+
+    import voicecall_site.asgi  # noqa: F401  -- what daphne loads
+
+    assert getattr(protocol.WebSocketProtocol, compat.AUTOBAHN_PATCHED_FLAG, False)
+    masker = protocol.create_xor_masker
+    compat.lean_autobahn_frames()
+    assert protocol.create_xor_masker is masker
+    assert isinstance(protocol.create_xor_masker(b"abcd", 400), compat.SmallFrameMasker)
+    assert not isinstance(protocol.create_xor_masker(b"abcd", compat.SMALL_FRAME_BYTES + 1), compat.SmallFrameMasker)
+    # processData and sendData still find the patched names as module globals
+    source = inspect.getsource(protocol.WebSocketProtocol.processData) + inspect.getsource(protocol.WebSocketProtocol.sendData)
+    assert "create_xor_masker(" in source and "hltype(self.sendData)" in source
+
+
+def test_debug_log_arguments_render_as_autobahns_helpers_would():
+    from autobahn import util
+    from autobahn.websocket import protocol
+
+    compat.lean_autobahn_frames()
+    peer, method = "tcp:127.0.0.1:5000", protocol.WebSocketProtocol.sendData
+    template = "{func} sent {data_len} bytes for peer {peer}"
+    assert template.format(func=protocol.hltype(method), data_len=protocol.hlval(12), peer=protocol.hlval(peer)) == \
+        template.format(func=util.hltype(method), data_len=util.hlval(12), peer=util.hlval(peer))
+    assert str(protocol.hlval(peer, color="green")) == util.hlval(peer, color="green")
+
+
+def _ended_message(payload: bytes):
+    from autobahn.twisted.websocket import WebSocketServerProtocol
+
+    compat.lean_autobahn_frames()
+    received: list = []
+    proto = WebSocketServerProtocol()
+    proto.failedByMe, proto.trackedTimings, proto.message_is_binary = False, None, False
+    proto.message_data = [payload[:2], payload[2:]]
+    proto._onMessage = lambda data, is_binary: received.append(data)
+    return proto, received
+
+
+def test_a_message_still_reaches_the_app_and_any_registered_listener():
+    proto, received = _ended_message(b"hello")
+    proto.onMessageEnd()
+    assert received == [b"hello"] and proto.message_data is None and proto._listeners is None
+
+    proto, received = _ended_message(b"world")
+    heard: list = []
+    proto.on("message", lambda payload, is_binary: heard.append(payload))
+    proto.onMessageEnd()
+    assert received == [b"world"] and heard == [b"world"]  # with a listener, autobahn's own path

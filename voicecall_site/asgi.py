@@ -22,9 +22,12 @@ from calls.interfaces.live import LiveCallConsumer  # noqa: E402
 from calls.interfaces.webhooks import carrier_webhook  # noqa: E402
 from calls.interfaces.webhook_gate import WebhookGate, install_daphne_early_gate  # noqa: E402
 from calls.media.routing import websocket_urlpatterns  # noqa: E402
+from voicecall_site import compat  # noqa: E402
 
 # The carrier webhook's pre-auth gate (calls/interfaces/webhook_gate.py); under daphne part of it runs in Twisted.
 install_daphne_early_gate()
+# autobahn's per-frame costs that do nothing here (voicecall_site/compat.py, entry 4).
+compat.lean_autobahn_frames()
 
 application = ProtocolTypeRouter(
     {

@@ -11,6 +11,9 @@ upgrade the pin and this module together.
 3. daphne 4.2.3 / Twisted: the socket behind an ASGI ``send`` -- its send-buffer fill level
    (back-pressure detection for media streams) and WebSocket close codes 1008/1013, which autobahn's
    public ``sendClose`` refuses.
+4. autobahn 26.11.1 WebSocket frames: three per-frame costs with no effect for daphne's sockets
+   (a masker object per inbound frame, debug-log arguments built for every send, a Deferred per
+   message for listeners nobody registered) -- about a fifth of a media-stream process's CPU.
 
 Under another ASGI server than daphne, entries 2 and 3 find nothing and the callers fall back to
 what plain ASGI offers (logged once by the media consumer).
@@ -171,3 +174,110 @@ def send_close_code(send: Any, code: int, reason: str) -> bool:
         return False
     protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123] or None, isReply=False)
     return True
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. autobahn: per-frame costs that do nothing for daphne's sockets
+# --------------------------------------------------------------------------------------------------
+
+AUTOBAHN_PATCHED_FLAG = "_voicecall_lean_frames"
+#: Inbound payloads up to this size are unmasked with Python's integers; larger ones by autobahn.
+SMALL_FRAME_BYTES = 64 * 1024
+
+
+class SmallFrameMasker:
+    """XOR (un)masking of one frame's payload (RFC 6455 §5.3: octet i XOR mask[i mod 4]), through
+    Python's arbitrary-size integers: one C pass, no object beyond the result. The same interface
+    as autobahn's maskers (``process`` may be called once per chunk; ``pointer``/``reset``)."""
+
+    __slots__ = ("_mask", "_ptr")
+
+    def __init__(self, mask: bytes) -> None:
+        self._mask = bytes(mask)
+        self._ptr = 0
+
+    def pointer(self) -> int:
+        return self._ptr
+
+    def reset(self) -> None:
+        self._ptr = 0
+
+    def process(self, data: bytes) -> bytes:
+        size = len(data)
+        if not size:
+            return b""
+        shift = self._ptr & 3
+        key = (self._mask[shift:] + self._mask[:shift]) * ((size >> 2) + 1)
+        self._ptr += size
+        return (int.from_bytes(data, "little") ^ int.from_bytes(key[:size], "little")).to_bytes(size, "little")
+
+
+class _Rendered:
+    """A log argument rendered only if the message is formatted (autobahn's ``{name}`` format)."""
+
+    __slots__ = ("_render", "_args", "_kwargs")
+
+    def __init__(self, render: Callable[..., str], args: tuple, kwargs: dict) -> None:
+        self._render, self._args, self._kwargs = render, args, kwargs
+
+    def __format__(self, spec: str) -> str:
+        return format(self._render(*self._args, **self._kwargs), spec)
+
+    def __str__(self) -> str:
+        return self._render(*self._args, **self._kwargs)
+
+
+def lean_autobahn_frames() -> None:
+    """Cut three per-frame costs autobahn 26.11.1 adds to every WebSocket under daphne (measured
+    with py-spy on ``voicecall serve`` carrying 128 media streams: together ~20 % of its CPU).
+
+    * ``processData`` builds a masker object for every inbound frame (``create_xor_masker``: with
+      the NVX extension, a CFFI allocation, a finalizer and an import per frame). Small payloads --
+      a media frame is a few hundred bytes -- are unmasked by ``SmallFrameMasker`` instead.
+    * ``sendData`` evaluates ``hltype``/``hlval`` (``inspect`` plus three ``click.style`` calls) for
+      a debug message on every send, whether or not debug logging is on. In the protocol module
+      those helpers now return arguments that render only when a message is actually formatted:
+      with debug logging on, the output is the same.
+    * ``onMessageEnd`` fires the ``message`` event to the observer mechanism for every message and
+      attaches an errback to the result; with no listener registered (``_listeners is None``, as
+      for daphne's protocol) that is an already-resolved Deferred with nothing to do. It is skipped
+      then; with listeners, autobahn's own method runs.
+
+    autobahn has no switch for any of them; the names patched are module globals and one method of
+    ``autobahn.websocket.protocol``. Idempotent.
+    """
+    from autobahn.websocket import protocol
+
+    base = protocol.WebSocketProtocol
+    if getattr(base, AUTOBAHN_PATCHED_FLAG, False):
+        return
+    autobahn_masker = protocol.create_xor_masker
+    autobahn_hltype, autobahn_hlval = protocol.hltype, protocol.hlval
+    autobahn_message_end = base.onMessageEnd
+
+    def create_xor_masker(mask, length=None):
+        if length is not None and length <= SMALL_FRAME_BYTES:
+            return SmallFrameMasker(mask)
+        return autobahn_masker(mask, length)
+
+    def hltype(*args, **kwargs):
+        return _Rendered(autobahn_hltype, args, kwargs)
+
+    def hlval(*args, **kwargs):
+        return _Rendered(autobahn_hlval, args, kwargs)
+
+    def onMessageEnd(self) -> None:
+        if self._listeners is not None or self._parent is not None:
+            autobahn_message_end(self)
+            return
+        if not self.failedByMe:
+            payload = b"".join(self.message_data)
+            if self.trackedTimings:
+                self.trackedTimings.track("onMessage")
+            self._onMessage(payload, self.message_is_binary)
+        self.message_data = None
+
+    protocol.create_xor_masker = create_xor_masker
+    protocol.hltype, protocol.hlval = hltype, hlval
+    base.onMessageEnd = onMessageEnd
+    setattr(base, AUTOBAHN_PATCHED_FLAG, True)
