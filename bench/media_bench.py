@@ -490,7 +490,7 @@ async def run(bench: Bench) -> None:
     drift_run = None
     if bench.args.drift_seconds and bench.left() > bench.args.drift_seconds + 60:
         drift_run = await bench.round(1, floor=False, seconds=bench.args.drift_seconds)
-    latency = await bench.latency(bench.args.speaks)
+    latency = await bench.latency(bench.args.speaks) if bench.args.speaks > 0 else None
 
     print(f"\nMachine: nproc={os.cpu_count()}, {cpu_model()}, Python {platform.python_version()}, "
           f"websockets {websockets.__version__}; carrier {bench.args.carrier} "
@@ -519,6 +519,9 @@ async def run(bench: Bench) -> None:
         r = drift_run
         print(f"\nOne stream, {r['seconds']:g} s utterance ({r['frames']} frames): drift {ms(r['drift_max'])} ms, "
               f"gap p50 {ms(r['gap_p50'])} / p99 {ms(r['gap_p99'])} / max {ms(r['gap_max'])} ms")
+    if latency is None:  # --speaks 0
+        print(f"\ntotal bench time {time.monotonic() - bench.started:.0f} s")
+        return
     print(f"\n(c) speak -> first frame, {latency['n']} speaks from another process, fake TTS answering "
           "instantly (baseline: ping round trip to the consumer, same path, no speech work)\n")
     print("| measure | p50 ms | p95 ms | p50 / ping p50 |")
