@@ -171,7 +171,7 @@ def test_the_small_frame_masker_unmasks_exactly_as_autobahns_own_in_any_chunking
         size = rng.choice([0, 1, 3, 4, 5, 160, 341, 1000, rng.randint(0, 5000)])
         data, mask = rng.randbytes(size), rng.randbytes(4)
         ours, theirs = compat.SmallFrameMasker(mask), xormasker.create_xor_masker(mask, size)
-        cuts = sorted(rng.sample(range(size + 1), min(3, size + 1))) + [size]
+        cuts = [*sorted(rng.sample(range(size + 1), min(3, size + 1))), size]
         start, mine, reference = 0, b"", b""
         for cut in cuts:
             mine += ours.process(data[start:cut])

@@ -19,8 +19,8 @@ from django.urls import path  # noqa: E402
 
 from calls.interfaces.direct_view import DirectView  # noqa: E402
 from calls.interfaces.live import LiveCallConsumer  # noqa: E402
-from calls.interfaces.webhooks import carrier_webhook  # noqa: E402
 from calls.interfaces.webhook_gate import WebhookGate, install_daphne_early_gate  # noqa: E402
+from calls.interfaces.webhooks import carrier_webhook  # noqa: E402
 from calls.media.routing import websocket_urlpatterns  # noqa: E402
 from voicecall_site import compat  # noqa: E402
 

@@ -215,7 +215,7 @@ class SmallFrameMasker:
 class _Rendered:
     """A log argument rendered only if the message is formatted (autobahn's ``{name}`` format)."""
 
-    __slots__ = ("_render", "_args", "_kwargs")
+    __slots__ = ("_args", "_kwargs", "_render")
 
     def __init__(self, render: Callable[..., str], args: tuple, kwargs: dict) -> None:
         self._render, self._args, self._kwargs = render, args, kwargs

@@ -18,7 +18,13 @@ from calls.models import (
     WebhookReceipt,
 )
 from calls.services.effects import Effect, after_commit, prune_dispatched
-from calls.services.lifecycle import bind_unconfirmed_dial, end_call, enforce_max_duration, fail_call, safe_hangup
+from calls.services.lifecycle import (
+    bind_unconfirmed_dial,
+    end_call,
+    enforce_max_duration,
+    fail_call,
+    safe_hangup,
+)
 from calls.services.records import (
     DIAL_NEVER_CONFIRMED,
     PLACEMENT_EXPIRED,
