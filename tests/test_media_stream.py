@@ -8,6 +8,8 @@ Assertions are about frames (sizes, order, counts, which utterance they belong t
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from calls import services
@@ -95,6 +97,72 @@ def test_audio_starts_before_synthesis_finishes(media):
     assert speaking.get("error") is None
     assert len(stream.speech_frames(utterance_byte(text))) >= 45  # ~1 s of audio in 20 ms frames
     assert all(len(f) == 160 for f in stream.media_frames())
+    stream.close()
+
+
+def hold_call_row(call: Call, *, deliver_greeting: bool = False) -> tuple[threading.Event, threading.Thread]:
+    """Lock the call's row in another session (as a slow transaction elsewhere would), so the stream's
+    greeting claim waits on it; optionally mark the greeting spoken in the same transaction. Returns
+    the event that releases the lock, once the lock is held, and the thread holding it."""
+    from django.db import connection, transaction
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        try:
+            with transaction.atomic():
+                Call.objects.select_for_update().get(id=call.id)
+                if deliver_greeting:
+                    Call.objects.filter(id=call.id).update(initial_message_delivered=True)
+                held.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert held.wait(10)
+    return release, thread
+
+
+def test_the_greeting_is_synthesized_while_the_stream_attaches_and_plays_once(media):
+    server, fake_twilio, fake_openai = media, media.twilio, media.openai
+    text = "Hello, your order has shipped"
+    call = live_call(fake_twilio, mode="conversation", initial_message=text)
+    token = streams.mint_stream_token(call)  # before the lock: minting reads the row for update
+    release, holder = hold_call_row(call)
+    asked = len(fake_openai.tts_requests)  # the fake keeps earlier tests' requests
+    stream = open_stream(server, call, token=token)
+    # The claim of the greeting is stuck behind the lock, yet its TTS request has already left.
+    wait_until(lambda: [r["input"] for r in fake_openai.tts_requests[asked:]] == [text], timeout=15)
+    assert not stream.media_frames()
+    assert not Call.objects.get(id=call.id).initial_message_delivered
+    release.set()
+    holder.join(10)
+    stream.wait_for(lambda: stream.marks(), what="the greeting's mark")
+    assert len(stream.speech_frames(utterance_byte(text))) >= 18
+    assert [r["input"] for r in fake_openai.tts_requests[asked:]] == [text]  # synthesized once, not again
+    assert list(TranscriptEntry.objects.filter(call=call).values_list("speaker", "text")) == [("bot", text)]
+    stream.close()
+
+
+def test_a_greeting_spoken_elsewhere_while_the_stream_attached_is_not_played(media):
+    server, fake_twilio, fake_openai = media, media.twilio, media.openai
+    greeting, later = "Hello from the first stream", "This is the next line"
+    call = live_call(fake_twilio, mode="conversation", initial_message=greeting)
+    token = streams.mint_stream_token(call)
+    release, holder = hold_call_row(call, deliver_greeting=True)
+    asked = len(fake_openai.tts_requests)
+    stream = open_stream(server, call, token=token)
+    wait_until(lambda: [r["input"] for r in fake_openai.tts_requests[asked:]] == [greeting], timeout=15)
+    release.set()  # commits: the greeting counts as spoken, so the stream must not claim or play it
+    holder.join(10)
+    wait_attached(call)
+    services.speak(str(call.id), later)
+    stream.wait_for(lambda: stream.marks(), what="the next line's mark")
+    assert stream.speech_frames(utterance_byte(later))
+    assert not stream.speech_frames(utterance_byte(greeting))
+    assert list(TranscriptEntry.objects.filter(call=call).values_list("text", flat=True)) == [later]
     stream.close()
 
 

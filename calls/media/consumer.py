@@ -17,7 +17,9 @@ What a socket goes through (OpenClaw fact sheet §5):
    audio must be mu-law 8 kHz; a call that already has a live stream anywhere is refused. All
    refusals close with 1008, before any call audio is sent. On success the consumer joins the call's
    channel-layer group, takes the lease and claims the pending initial message in one database trip,
-   starts playing that greeting itself at once, and opens the realtime STT session (which queues the
+   starts playing that greeting itself at once -- its TTS request left as soon as the token checked out,
+   in parallel with the group join and that trip, and is dropped if another path spoke the greeting
+   meanwhile (the only case where a synthesis is wasted) -- and opens the realtime STT session (which queues the
    caller's audio until it is connected) -- or, with ``realtime.enabled``, hands the stream to a
    ``calls.media.realtime.RealtimeBridge`` (the model speaks and listens; same playback and marks).
 3. **Frames**: ``media`` goes to STT untouched (mu-law in, no transcoding), ``dtmf`` becomes a
@@ -61,6 +63,8 @@ from calls.media import control as streams
 from calls.media.admission import ADMISSION, client_ip
 from calls.media.dbthreads import db
 from calls.media.playback import Playback, Utterance
+from calls.media.playback import discard as playback_discard
+from calls.media.playback import prefetch as playback_prefetch
 from calls.media.realtime import PROGRESS_EVERY_FRAMES, RealtimeBridge
 from calls.media.realtime import settings_from as realtime_settings_from
 from providers import stream_wire
@@ -287,24 +291,37 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         synthesizer = None
         group = None
         greeting = None
-        try:
-            check = db(streams.check_start)(call_sid=start.carrier_call_id, token=start.token, call_id=start.call_id)
-            if start.call_id:
-                # Our call id came with the stream: join its group while the token is checked (one
-                # Redis round trip off the start path). Both are awaited, so a refusal can undo the join.
-                group = streams.group_name(start.call_id)
-                session, joined = await asyncio.gather(
-                    check, self.channel_layer.group_add(group, self.channel_name), return_exceptions=True)
-                for outcome in (session, joined):
-                    if isinstance(outcome, BaseException):
-                        raise outcome
-            else:
-                session = await check
+        outbound = self.wire.outbound(start)
+        early: Utterance | None = None  # the greeting, synthesizing while the stream attaches
+
+        async def check_then_prefetch() -> streams.AdmittedStream:
+            nonlocal synthesizer, early
+            admitted = await db(streams.check_start)(
+                call_sid=start.carrier_call_id, token=start.token, call_id=start.call_id)
             if not self.realtime:  # after the check: a refused start costs nothing more
                 try:
                     synthesizer = TelephonySynthesizer.from_settings(self.config.provider_settings)
                 except TtsUnavailable as exc:
                     self.tts_problem = str(exc)
+            if synthesizer is not None and admitted.pending_greeting:
+                # The TTS request leaves now, in parallel with the group join and the lease + claim
+                # trip; at 128 simultaneous starts that takes the vendor's first byte off the path.
+                early = playback_prefetch(synthesizer, outbound, admitted.pending_greeting)
+            return admitted
+
+        try:
+            if start.call_id:
+                # Our call id came with the stream: join its group while the token is checked (one
+                # Redis round trip off the start path). Both are awaited, so a refusal can undo the join.
+                group = streams.group_name(start.call_id)
+                session, joined = await asyncio.gather(
+                    check_then_prefetch(), self.channel_layer.group_add(group, self.channel_name),
+                    return_exceptions=True)
+                for outcome in (session, joined):
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+            else:
+                session = await check_then_prefetch()
             # Join the call's group before taking the lease: once the lease says "live stream", a
             # speak from any process must find us in the group.
             if group is None:
@@ -314,14 +331,25 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                 session.call_id, self.owner, start.stream_id, speak_greeting=self.realtime or synthesizer is not None
             )
         except streams.StreamRefused as exc:
+            if early is not None:
+                playback_discard(early)
             logger.warning("media stream %s for %s refused: %s", start.stream_id, start.carrier_call_id, exc)
             if group is not None:
                 await self.channel_layer.group_discard(group, self.channel_name)
             await self._close(CLOSE_POLICY, str(exc))
             return
+        except BaseException:
+            if early is not None:
+                playback_discard(early)
+            raise
         finally:
             self.starting = False
+        if early is not None and (greeting is None or greeting.text != early.text):
+            playback_discard(early)  # another path spoke the greeting meanwhile (or it changed)
+            early = None
         if self.closing:  # the socket went away (or timed out) while we checked: give it all back
+            if early is not None:
+                playback_discard(early)
             await self.channel_layer.group_discard(group, self.channel_name)
             await db(streams.detach_stream)(session.call_id, self.owner, greeting)
             return
@@ -339,7 +367,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             _probe_warning_logged = True
             logger.warning("media streams: no send-buffer probe for this server; back-pressure is not detected")
         self.playback = Playback(
-            self.wire.outbound(start),
+            outbound,
             self._send_text,
             synthesizer,
             on_failed=self._utterance_failed,
@@ -350,9 +378,12 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         )
         if self.realtime:
             self._start_bridge(greeting)
-        elif greeting is not None:
+        elif early is not None:
             # Straight to this socket's playback: no channel-layer round trip, no wait for STT (the
             # transcriber queues the caller's audio until its session is up).
+            early.entry_id, early.initial = greeting.entry_id, greeting.initial
+            self.playback.enqueue_prefetched(early)
+        elif greeting is not None:
             self.playback.enqueue(Utterance(id=uuid.uuid4().hex, text=greeting.text, entry_id=greeting.entry_id,
                                             initial=greeting.initial))
         if not self.realtime:

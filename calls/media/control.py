@@ -96,6 +96,9 @@ class AdmittedStream:
     provider_call_id: str
     direction: str
     mode: str
+    # The initial message not yet spoken, as read by the check: the stream may start synthesizing it
+    # while it attaches (``attach_stream`` then claims it, or another path spoke it meanwhile).
+    pending_greeting: str = ""
 
 
 def group_name(call_id: str) -> str:
@@ -251,7 +254,8 @@ def check_start(*, call_sid: str, token: str | None, call_id: str | None = None)
     if call is None or call.is_terminal or not check_stream_token(call, token):
         raise StreamRefused(UNKNOWN_CALL)
     return AdmittedStream(
-        call_id=str(call.id), provider_call_id=call_sid, direction=call.direction, mode=call.mode
+        call_id=str(call.id), provider_call_id=call_sid, direction=call.direction, mode=call.mode,
+        pending_greeting="" if call.initial_message_delivered else (call.initial_message or ""),
     )
 
 

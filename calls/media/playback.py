@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,43 @@ class Utterance:
         return bool(self.frames or self.done)
 
 
+async def synthesize_into(utterance: Utterance, synthesizer: TelephonySynthesizer,
+                          media: Callable[[bytes], str]) -> None:
+    """Synthesize ``utterance.text`` into its frames, built into the carrier's media messages as
+    audio arrives; sets ``done`` (and ``error`` on failure) when it ends."""
+    try:
+        async for frames in synthesizer.frames(utterance.text):
+            # Built into the carrier's JSON text here, as audio arrives: the pacer only sends.
+            utterance.frames.extend(map(media, frames))
+            utterance.changed.set()
+            # At most ~2 s of audio ahead of playback: a TTS faster than real time waits here
+            # (and its HTTP body with it), so memory does not grow with the text's length.
+            while len(utterance.frames) > MAX_BUFFERED_FRAMES:
+                utterance.drained.clear()
+                await utterance.drained.wait()
+    except TtsError as exc:
+        utterance.error = str(exc)
+    except Exception as exc:  # a vendor/library bug must not take the stream down
+        logger.exception("TTS failed")
+        utterance.error = f"TTS failed: {type(exc).__name__}"
+    finally:
+        utterance.done = True
+        utterance.changed.set()
+
+
+def prefetch(synthesizer: TelephonySynthesizer, frames: OutboundFrames, text: str) -> Utterance:
+    """Start synthesizing text that a stream is about to be given (its greeting, while the stream is
+    still being attached): queue it with ``Playback.enqueue_prefetched``, or ``discard`` it."""
+    utterance = Utterance(id=uuid.uuid4().hex, text=text, entry_id=None, initial=False)
+    utterance.task = asyncio.get_running_loop().create_task(synthesize_into(utterance, synthesizer, frames.media))
+    return utterance
+
+
+def discard(utterance: Utterance) -> None:
+    if utterance.task is not None and not utterance.task.done():
+        utterance.task.cancel()
+
+
 class SendBufferExceeded(Exception):
     pass
 
@@ -122,6 +160,11 @@ class Playback:
         utterance.task = asyncio.get_running_loop().create_task(self._synthesize(utterance))
         self._start_pacer()
 
+    def enqueue_prefetched(self, utterance: Utterance) -> None:
+        """Queue an utterance whose synthesis ``prefetch`` started (its audio may be there already)."""
+        self._append(utterance)
+        self._start_pacer()
+
     def enqueue_live(self, utterance: Utterance) -> None:
         """Queue an utterance whose audio arrives from elsewhere (the realtime model): ``feed`` it,
         then ``finish`` it."""
@@ -162,25 +205,7 @@ class Playback:
         return bool(self.queue or self.awaiting)
 
     async def _synthesize(self, utterance: Utterance) -> None:
-        try:
-            media = self.frames.media
-            async for frames in self.synthesizer.frames(utterance.text):
-                # Built into the carrier's JSON text here, as audio arrives: the pacer only sends.
-                utterance.frames.extend(map(media, frames))
-                utterance.changed.set()
-                # At most ~2 s of audio ahead of playback: a TTS faster than real time waits here
-                # (and its HTTP body with it), so memory does not grow with the text's length.
-                while len(utterance.frames) > MAX_BUFFERED_FRAMES:
-                    utterance.drained.clear()
-                    await utterance.drained.wait()
-        except TtsError as exc:
-            utterance.error = str(exc)
-        except Exception as exc:  # a vendor/library bug must not take the stream down
-            logger.exception("TTS failed")
-            utterance.error = f"TTS failed: {type(exc).__name__}"
-        finally:
-            utterance.done = True
-            utterance.changed.set()
+        await synthesize_into(utterance, self.synthesizer, self.frames.media)
 
     async def _pace(self) -> None:
         """Send one frame per 20 ms slot while anything is queued.
