@@ -195,6 +195,12 @@ def test_lean_autobahn_frames_is_applied_by_the_asgi_module_and_idempotent():
     # processData and sendData still find the patched names as module globals
     source = inspect.getsource(protocol.WebSocketProtocol.processData) + inspect.getsource(protocol.WebSocketProtocol.sendData)
     assert "create_xor_masker(" in source and "hltype(self.sendData)" in source
+    # and the Twisted adapter's per-read debug line takes the lazy helpers from its own module
+    from autobahn.twisted import websocket as twisted_websocket
+
+    assert "hltype(self.dataReceived)" in inspect.getsource(twisted_websocket.WebSocketAdapterProtocol.dataReceived)
+    assert twisted_websocket.hltype is protocol.hltype and twisted_websocket.hlval is protocol.hlval
+    assert isinstance(twisted_websocket.hlval(3), compat._Rendered)
 
 
 def test_debug_log_arguments_render_as_autobahns_helpers_would():

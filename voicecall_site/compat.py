@@ -235,17 +235,20 @@ def lean_autobahn_frames() -> None:
       the NVX extension, a CFFI allocation, a finalizer and an import per frame). Small payloads --
       a media frame is a few hundred bytes -- are unmasked by ``SmallFrameMasker`` instead.
     * ``sendData`` evaluates ``hltype``/``hlval`` (``inspect`` plus three ``click.style`` calls) for
-      a debug message on every send, whether or not debug logging is on. In the protocol module
-      those helpers now return arguments that render only when a message is actually formatted:
-      with debug logging on, the output is the same.
+      a debug message on every send, whether or not debug logging is on, and the Twisted adapter's
+      ``dataReceived`` does the same for every read. In both modules those helpers now return
+      arguments that render only when a message is actually formatted: with debug logging on, the
+      output is the same.
     * ``onMessageEnd`` fires the ``message`` event to the observer mechanism for every message and
       attaches an errback to the result; with no listener registered (``_listeners is None``, as
       for daphne's protocol) that is an already-resolved Deferred with nothing to do. It is skipped
       then; with listeners, autobahn's own method runs.
 
     autobahn has no switch for any of them; the names patched are module globals and one method of
-    ``autobahn.websocket.protocol``. Idempotent.
+    ``autobahn.websocket.protocol`` (and the two helper names in ``autobahn.twisted.websocket``).
+    Idempotent.
     """
+    from autobahn.twisted import websocket as twisted_websocket
     from autobahn.websocket import protocol
 
     base = protocol.WebSocketProtocol
@@ -279,5 +282,6 @@ def lean_autobahn_frames() -> None:
 
     protocol.create_xor_masker = create_xor_masker
     protocol.hltype, protocol.hlval = hltype, hlval
+    twisted_websocket.hltype, twisted_websocket.hlval = hltype, hlval
     base.onMessageEnd = onMessageEnd
     setattr(base, AUTOBAHN_PATCHED_FLAG, True)
