@@ -239,6 +239,45 @@ def test_speech_nobody_acknowledges_is_reported_not_dropped(media, monkeypatch):
     assert "did not acknowledge" in Call.objects.get(id=call.id).last_error
 
 
+def test_end_tells_the_stream_to_close_without_waiting_for_an_ack(media, monkeypatch):
+    """The carrier hang-up comes first and the carrier stops the stream itself; the close message
+    only makes it immediate, so ``end`` does not wait on a consumer that may already be gone."""
+    import asyncio
+
+    from channels.layers import channel_layers
+
+    def no_ack_wait(*args, **kwargs):
+        raise AssertionError("end waited for an acknowledgement")
+
+    monkeypatch.setattr(streams, "_wait_for_ack", no_ack_wait)
+    call = live_call(media.twilio, mode="conversation")
+    assert streams.claim_lease(str(call.id), "a-consumer-that-is-closing")
+    layer = channel_layers.make_backend("default")
+
+    async def listen():
+        channel = await layer.new_channel()
+        await layer.group_add(streams.group_name(str(call.id)), channel)
+        return channel
+
+    async def heard(channel):
+        try:
+            return await asyncio.wait_for(layer.receive(channel), 10)
+        finally:
+            await layer.group_discard(streams.group_name(str(call.id)), channel)
+            await layer.close_pools()
+
+    loop = asyncio.new_event_loop()
+    try:
+        channel = loop.run_until_complete(listen())
+        services.end_call(str(call.id))
+        message = loop.run_until_complete(heard(channel))
+    finally:
+        loop.close()
+    assert Call.objects.get(id=call.id).state == "hangup-bot"
+    assert message["type"] == "stream.hangup" and message["reply_channel"] is None
+    streams.release_lease(str(call.id), "a-consumer-that-is-closing")
+
+
 def test_dtmf_frames_become_events_and_garbage_frames_do_not_end_the_call(media):
     server, fake_twilio = media, media.twilio
     call = live_call(fake_twilio, mode="conversation")

@@ -18,10 +18,11 @@ domain's stream port (``calls.services.effects.StreamPort``) is bound to (``regi
   (``SET NX PX``, refreshed by its owner, compare-and-delete on release); without Redis it is a row of
   ``StreamLease`` (one per live stream: the refresh is one ``UPDATE`` of that row, never of the
   call). Leases expire after ``LEASE_TTL_MS`` if their daphne process dies without releasing them.
-* **Control messages** (``speak``, ``hangup``, ``ping``) are sent to the call's group on transaction
-  commit, each with an ``id`` and a reply channel; the consumer acknowledges. A speech message nobody
-  acknowledges within ``ACK_TIMEOUT_S`` is reported (``ServiceError``), not silently dropped; a lost
-  hang-up is logged (the carrier ends the stream of a completed call anyway). The wait is sync code
+* **Control messages** (``speak``, ``ping``) are sent to the call's group on transaction commit,
+  each with an ``id`` and a reply channel; the consumer acknowledges. A speech message nobody
+  acknowledges within ``ACK_TIMEOUT_S`` is reported (``ServiceError``), not silently dropped. The
+  ``hangup`` after an ``end`` is not acknowledged (``close_stream``): the carrier ends the stream of
+  a call it hung up anyway, the message only makes the close immediate. The wait is sync code
   (CLI, Celery, RPC threads) blocking on a channel-layer receive via ``async_to_sync``. The
   acknowledgement means "queued for playback": a TTS failure after it is recorded on the call
   (``last_error``, the utterance marked ``interrupted``), not raised to the speaker.
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -317,28 +319,33 @@ async def _wait_for_ack(layer, reply_channel: str, message_id: str, timeout: flo
             return reply
 
 
-async def _round_trip(call_id: str, payload: dict[str, Any], timeout: float) -> dict[str, Any] | None:
-    """group_send + wait for the ack on a fresh reply channel.
-
-    With channels-redis a private layer instance is used (and its connections closed after): one
-    instance's ``receive`` must stay on one event loop, and sync callers in different threads (Celery,
-    RPC) each bring their own loop. The in-memory layer only works through the shared instance.
-    """
+@contextlib.asynccontextmanager
+async def _command_layer():
+    """The channel layer for one command from a sync caller. With channels-redis a private instance
+    (its connections closed after): one instance's ``receive`` must stay on one event loop, and sync
+    callers in different threads (Celery, RPC) each bring their own loop. The in-memory layer only
+    works through the shared instance."""
     alias, registry, shared = _layers()
     private = hasattr(shared, "close_pools")
     layer = registry.make_backend(alias) if private else shared
     try:
-        reply_channel = await layer.new_channel("voicecall-ack.")
-        await layer.group_send(group_name(call_id), {**payload, "reply_channel": reply_channel})
-        return await _wait_for_ack(layer, reply_channel, payload["id"], timeout)
+        yield layer
     finally:
         if private:
             await layer.close_pools()
 
 
-async def _send_only(call_id: str, payload: dict[str, Any]) -> None:
-    _, _, layer = _layers()
-    await layer.group_send(group_name(call_id), {**payload, "reply_channel": None})
+async def _round_trip(call_id: str, payload: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+    """group_send + wait for the ack on a fresh reply channel."""
+    async with _command_layer() as layer:
+        reply_channel = await layer.new_channel("voicecall-ack.")
+        await layer.group_send(group_name(call_id), {**payload, "reply_channel": reply_channel})
+        return await _wait_for_ack(layer, reply_channel, payload["id"], timeout)
+
+
+async def _send_unacknowledged(call_id: str, payload: dict[str, Any]) -> None:
+    async with _command_layer() as layer:
+        await layer.group_send(group_name(call_id), {**payload, "reply_channel": None})
 
 
 @dataclass(frozen=True)
@@ -370,7 +377,7 @@ def send_stream_command(call_id: str, message: dict[str, Any], *, timeout: float
     if _layers()[2] is None:
         return CommandResult(id=message_id, ack=None)
     if connection.in_atomic_block:
-        transaction.on_commit(lambda: async_to_sync(_send_only)(call_id, payload))
+        transaction.on_commit(lambda: async_to_sync(_send_unacknowledged)(call_id, payload))
         return CommandResult(id=message_id, ack=None, deferred=True)
     ack = async_to_sync(_round_trip)(call_id, payload, timeout or ACK_TIMEOUT_S)
     if ack is None:
@@ -411,11 +418,24 @@ def ping_stream(call_id: str, *, timeout: float | None = None) -> float | None:
 
 
 def close_stream(call_id: str) -> bool:
-    """Tell the consumer of an ended call to close its socket (the carrier hang-up already happened;
-    a lost message is logged -- Twilio stops the stream of a completed call by itself)."""
+    """Tell the consumer of an ended call to close its socket now, without its reconnect grace; True
+    when a stream was live to be told.
+
+    Not acknowledged: the carrier hang-up already happened and every carrier stops the stream of a
+    call it ended, so the message only makes the close immediate. Waiting for an ack made ``end``
+    wait the whole ack timeout whenever the carrier's own close won the race (the consumer, already
+    cleaning up, never handles the message), and then cancel a channel-layer receive.
+    """
     if not has_live_stream(call_id):
         return False
-    return send_stream_command(call_id, {"type": "stream.hangup"}).ok
+    if _layers()[2] is None:
+        return False
+    message = {"type": "stream.hangup", "id": uuid.uuid4().hex}
+    if connection.in_atomic_block:
+        transaction.on_commit(lambda: async_to_sync(_send_unacknowledged)(call_id, message))
+    else:
+        async_to_sync(_send_unacknowledged)(call_id, message)
+    return True
 
 
 # --------------------------------------------------------------------------------------------------
