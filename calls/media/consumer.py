@@ -330,26 +330,22 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             greeting = await db(streams.attach_stream)(
                 session.call_id, self.owner, start.stream_id, speak_greeting=self.realtime or synthesizer is not None
             )
-        except streams.StreamRefused as exc:
-            if early is not None:
-                playback_discard(early)
+        except BaseException as exc:
+            playback_discard(early)
+            if not isinstance(exc, streams.StreamRefused):
+                raise
             logger.warning("media stream %s for %s refused: %s", start.stream_id, start.carrier_call_id, exc)
             if group is not None:
                 await self.channel_layer.group_discard(group, self.channel_name)
             await self._close(CLOSE_POLICY, str(exc))
             return
-        except BaseException:
-            if early is not None:
-                playback_discard(early)
-            raise
         finally:
             self.starting = False
-        if early is not None and (greeting is None or greeting.text != early.text):
-            playback_discard(early)  # another path spoke the greeting meanwhile (or it changed)
+        if early is not None and (self.closing or greeting is None or greeting.text != early.text):
+            # The socket went away meanwhile, or another path spoke the greeting (or it changed).
+            playback_discard(early)
             early = None
         if self.closing:  # the socket went away (or timed out) while we checked: give it all back
-            if early is not None:
-                playback_discard(early)
             await self.channel_layer.group_discard(group, self.channel_name)
             await db(streams.detach_stream)(session.call_id, self.owner, greeting)
             return

@@ -348,6 +348,15 @@ async def _send_unacknowledged(call_id: str, payload: dict[str, Any]) -> None:
         await layer.group_send(group_name(call_id), {**payload, "reply_channel": None})
 
 
+def _send_on_commit(call_id: str, payload: dict[str, Any]) -> None:
+    """Send ``payload`` without waiting for an ack: at once outside a transaction, else on commit
+    (no consumer ever acts on a change that rolls back)."""
+    if connection.in_atomic_block:
+        transaction.on_commit(lambda: async_to_sync(_send_unacknowledged)(call_id, payload))
+    else:
+        async_to_sync(_send_unacknowledged)(call_id, payload)
+
+
 @dataclass(frozen=True)
 class CommandResult:
     """What became of one control message: ``ack`` is the consumer's reply, None when nobody answered
@@ -377,7 +386,7 @@ def send_stream_command(call_id: str, message: dict[str, Any], *, timeout: float
     if _layers()[2] is None:
         return CommandResult(id=message_id, ack=None)
     if connection.in_atomic_block:
-        transaction.on_commit(lambda: async_to_sync(_send_unacknowledged)(call_id, payload))
+        _send_on_commit(call_id, payload)
         return CommandResult(id=message_id, ack=None, deferred=True)
     ack = async_to_sync(_round_trip)(call_id, payload, timeout or ACK_TIMEOUT_S)
     if ack is None:
@@ -426,15 +435,9 @@ def close_stream(call_id: str) -> bool:
     wait the whole ack timeout whenever the carrier's own close won the race (the consumer, already
     cleaning up, never handles the message), and then cancel a channel-layer receive.
     """
-    if not has_live_stream(call_id):
+    if _layers()[2] is None or not has_live_stream(call_id):
         return False
-    if _layers()[2] is None:
-        return False
-    message = {"type": "stream.hangup", "id": uuid.uuid4().hex}
-    if connection.in_atomic_block:
-        transaction.on_commit(lambda: async_to_sync(_send_unacknowledged)(call_id, message))
-    else:
-        async_to_sync(_send_unacknowledged)(call_id, message)
+    _send_on_commit(call_id, {"type": "stream.hangup", "id": uuid.uuid4().hex})
     return True
 
 

@@ -105,8 +105,9 @@ def prefetch(synthesizer: TelephonySynthesizer, frames: OutboundFrames, text: st
     return utterance
 
 
-def discard(utterance: Utterance) -> None:
-    if utterance.task is not None and not utterance.task.done():
+def discard(utterance: Utterance | None) -> None:
+    """Stop a prefetched utterance's synthesis (None: nothing was prefetched)."""
+    if utterance is not None and utterance.task is not None and not utterance.task.done():
         utterance.task.cancel()
 
 
