@@ -8,6 +8,7 @@ import functools
 import importlib.util
 import inspect
 import os
+from collections import deque
 from importlib.metadata import version
 
 import pytest
@@ -237,3 +238,158 @@ def test_a_message_still_reaches_the_app_and_any_registered_listener():
     proto.on("message", lambda payload, is_binary: heard.append(payload))
     proto.onMessageEnd()
     assert received == [b"world"] and heard == [b"world"]  # with a listener, autobahn's own path
+
+
+# --- 5. a WebSocket frame written at once to an idle socket ------------------------------------------
+
+
+class _RecordingReactor:
+    """Enough of a reactor for a ``tcp.Connection``: records writer registrations."""
+
+    def __init__(self) -> None:
+        self.writers: list = []
+
+    def addWriter(self, writer) -> None:
+        if writer not in self.writers:
+            self.writers.append(writer)
+
+    def removeWriter(self, writer) -> None:
+        if writer in self.writers:
+            self.writers.remove(writer)
+
+    def addReader(self, reader) -> None: ...
+
+    def removeReader(self, reader) -> None: ...
+
+
+@pytest.fixture
+def tcp_pair():
+    """A real connected TCP socket pair: ours wrapped in Twisted's own ``tcp.Connection``."""
+    import socket
+
+    from twisted.internet import protocol, tcp
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()
+    listener.close()
+    ours.setblocking(False)
+    peer.settimeout(5)
+    reactor = _RecordingReactor()
+    connection = tcp.Connection(ours, protocol.Protocol(), reactor)
+    connection.connected = 1
+    yield connection, peer, reactor
+    ours.close()
+    peer.close()
+
+
+def _read_exactly(peer, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = peer.recv(size - len(data))
+        assert chunk, "the peer saw the connection close"
+        data += chunk
+    return data
+
+
+def test_twisted_keeps_what_write_at_once_relies_on(tcp_pair):
+    from twisted.internet import tcp
+
+    connection, _, _ = tcp_pair
+    connection_attrs = set(dir(connection))
+    assert {"writeSomeData", "write", "dataBuffer", "offset", "_tempDataLen", "_tempDataBuffer", "connected",
+            "disconnecting", "_writeDisconnecting", "_writeDisconnected"} <= connection_attrs
+    assert "EWOULDBLOCK" in inspect.getsource(tcp.Connection.writeSomeData)
+
+
+def test_an_idle_socket_gets_the_frame_at_once_without_a_writer_registration(tcp_pair):
+    connection, peer, reactor = tcp_pair
+    compat.write_at_once(connection, b"frame-1")
+    assert _read_exactly(peer, 7) == b"frame-1"
+    assert reactor.writers == [] and connection._tempDataLen == 0
+
+
+def test_with_data_queued_the_frame_queues_behind_it_in_order(tcp_pair):
+    connection, peer, reactor = tcp_pair
+    connection.write(b"first,")  # Twisted's own write: buffered until the reactor says writable
+    compat.write_at_once(connection, b"second")
+    assert reactor.writers == [connection]
+    assert connection._tempDataLen == len(b"first,second")
+    connection.doWrite()  # what the reactor does on the writable event
+    assert _read_exactly(peer, 12) == b"first,second"
+    assert reactor.writers == []
+
+
+def test_what_the_kernel_does_not_take_is_buffered_and_sent_later_in_order(tcp_pair):
+    import random
+    import select
+    import socket
+
+    connection, peer, reactor = tcp_pair
+    connection.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    blob = random.Random(5).randbytes(1024 * 1024)  # far more than the send buffer holds
+    compat.write_at_once(connection, blob)
+    assert connection in reactor.writers and 0 < connection._tempDataLen < len(blob)
+    received = b""
+    while len(received) < len(blob):  # a reactor's loop, by hand: read when readable, write when writable
+        writing = [connection.socket] if connection in reactor.writers else []
+        readable, writable, _ = select.select([peer], writing, [], 5)
+        assert readable or writable, "stalled"
+        if readable:
+            received += peer.recv(65536)
+        if writable:
+            connection.doWrite()
+    assert received == blob and reactor.writers == []
+
+
+def test_a_send_to_a_closed_peer_goes_through_twisteds_connection_lost_path(tcp_pair):
+    import socket
+    import struct
+
+    from twisted.internet import main
+
+    connection, peer, reactor = tcp_pair
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # an RST: the next send fails with ECONNRESET / EPIPE
+    for _ in range(50):
+        compat.write_at_once(connection, b"x" * 1000)
+        if connection in reactor.writers:
+            break
+    assert connection in reactor.writers  # handed to write(): the writer will meet the error
+    assert connection.doWrite() is main.CONNECTION_LOST
+
+
+def test_a_closing_connection_or_another_transport_always_gets_twisteds_write(tcp_pair):
+    connection, peer, reactor = tcp_pair
+    connection.loseConnection()  # closing: Twisted flushes, then closes; nothing may jump ahead
+    compat.write_at_once(connection, b"late")
+    assert connection._tempDataLen == 4 and connection in reactor.writers  # queued behind the close, in Twisted's order
+
+    transport = StringTransport()  # not a tcp.Connection (e.g. TLS): that transport's own write
+    compat.write_at_once(transport, b"abc")
+    assert transport.value() == b"abc"
+
+
+def test_autobahn_send_data_writes_at_once_only_on_its_plain_branch():
+    from autobahn.twisted.websocket import WebSocketServerProtocol
+    from autobahn.websocket import protocol
+
+    import voicecall_site.asgi  # noqa: F401  -- what daphne loads
+
+    assert getattr(protocol.WebSocketProtocol, compat.DIRECT_WRITE_FLAG, False)
+    patched = protocol.WebSocketProtocol.sendData
+    compat.write_websocket_frames_at_once()
+    assert protocol.WebSocketProtocol.sendData is patched
+    assert list(inspect.signature(patched).parameters) == ["self", "data", "sync", "chopsize"]
+
+    written: list = []
+    proto = WebSocketServerProtocol()
+    proto.transport, proto.peer = StringTransport(), "tcp:127.0.0.1:1"
+    proto.transport.write = lambda data: written.append(("plain", data))
+    proto.send_queue, proto.triggered = deque(), False
+    proto.sendData(b"one")
+    assert written == [("plain", b"one")]
+    proto.send_queue.append((b"queued", False))
+    proto.triggered = True  # autobahn's queue is draining: later data joins it, not the socket
+    proto.sendData(b"two")
+    assert written == [("plain", b"one")] and list(proto.send_queue) == [(b"queued", False), (b"two", False)]

@@ -28,6 +28,8 @@ from voicecall_site import compat  # noqa: E402
 install_daphne_early_gate()
 # autobahn's per-frame costs that do nothing here (voicecall_site/compat.py, entry 4).
 compat.lean_autobahn_frames()
+# A frame to an idle socket is sent at once, not a loop turn later (compat.py, entry 5).
+compat.write_websocket_frames_at_once()
 
 application = ProtocolTypeRouter(
     {

@@ -14,6 +14,8 @@ upgrade the pin and this module together.
 4. autobahn 26.11.1 WebSocket frames: three per-frame costs with no effect for daphne's sockets
    (a masker object per inbound frame, debug-log arguments built for every send, a Deferred per
    message for listeners nobody registered) -- about a fifth of a media-stream process's CPU.
+5. Twisted 26.10.0 TCP transport, from autobahn's ``sendData``: a WebSocket frame written to an idle
+   socket goes out at once instead of through a writer registration and a loop turn.
 
 Under another ASGI server than daphne, entries 2 and 3 find nothing and the callers fall back to
 what plain ASGI offers (logged once by the media consumer).
@@ -285,3 +287,75 @@ def lean_autobahn_frames() -> None:
     twisted_websocket.hltype, twisted_websocket.hlval = hltype, hlval
     base.onMessageEnd = onMessageEnd
     setattr(base, AUTOBAHN_PATCHED_FLAG, True)
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. Twisted: a WebSocket frame written at once when the socket has nothing queued
+# --------------------------------------------------------------------------------------------------
+
+DIRECT_WRITE_FLAG = "_voicecall_writes_at_once"
+
+
+def write_at_once(transport: Any, data: bytes) -> None:
+    """``transport.write(data)``, with the send made now when nothing is queued ahead of it.
+
+    Twisted's ``FileDescriptor.write`` only buffers: it registers the socket as a writer
+    (``loop.add_writer`` under the asyncio reactor, an ``epoll_ctl``), waits for the next loop turn
+    to report it writable, sends, and unregisters it again (a second ``epoll_ctl``) -- for every
+    media frame, every 20 ms on every stream. When the transport is a plain TCP (or UNIX) connection
+    with an empty buffer and no close under way, this sends through the transport's own
+    ``writeSomeData`` (which already maps ``EWOULDBLOCK`` to "0 bytes") and hands only what the
+    kernel did not take to ``write``, so order, back-pressure and buffering stay Twisted's. A send
+    that reports the connection lost is handed to ``write`` too: Twisted's writer then meets the same
+    error and runs its usual connection-lost path. TLS transports (a wrapping protocol, or the legacy
+    ``startTLS`` mixin) always use ``write``.
+    """
+    from twisted.internet import tcp
+
+    if (
+        isinstance(transport, tcp.Connection)
+        and not transport._tempDataLen
+        and transport.offset == len(transport.dataBuffer)
+        and transport.connected
+        and not (transport.disconnecting or transport._writeDisconnecting or transport._writeDisconnected)
+        and not getattr(transport, "TLS", False)
+        and data
+    ):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, BaseException):
+            transport.write(data)
+        elif sent < len(data):
+            transport.write(data[sent:])
+        return
+    transport.write(data)
+
+
+def write_websocket_frames_at_once() -> None:
+    """Send each WebSocket frame autobahn 26.11.1 writes straight to an idle socket (see
+    ``write_at_once``; measured under ``voicecall serve`` with media streams: the writer registration
+    and its loop turn were 7-9 % of the process's samples).
+
+    Only the plain branch of ``WebSocketProtocol.sendData`` is replaced -- no chopping, no ``sync``,
+    nothing queued in autobahn's own send queue; those keep autobahn's method. autobahn turns
+    ``TCP_NODELAY`` on for its sockets (``tcpNoDelay``), so a frame sent alone is not held back by
+    Nagle's algorithm any more than one sent a loop turn later. Idempotent.
+    """
+    from autobahn.websocket import protocol
+
+    base = protocol.WebSocketProtocol
+    if getattr(base, DIRECT_WRITE_FLAG, False):
+        return
+    autobahn_send_data = base.sendData
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        if sync or chopsize or self.send_queue:
+            autobahn_send_data(self, data, sync, chopsize)
+            return
+        write_at_once(self.transport, data)
+        self.log.debug(
+            "{func} sent {data_len} bytes for peer {peer}",
+            func=protocol.hltype(self.sendData), peer=protocol.hlval(self.peer), data_len=protocol.hlval(len(data)),
+        )
+
+    base.sendData = sendData
+    setattr(base, DIRECT_WRITE_FLAG, True)
