@@ -176,9 +176,13 @@ class RealtimeTranscriber:
         self.dropped_frames = 0
         self.sessions = 0
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"stt {self.label}")
+    def start(self, *, not_before: asyncio.Event | None = None, at_most_after_s: float = 0.0) -> None:
+        """Open the session (and reopen it when it drops) until ``close()``. With ``not_before``, the
+        connection waits for that event, or ``at_most_after_s`` seconds, whichever comes first; the
+        audio pushed meanwhile is queued and sent once the session is up."""
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(not_before, at_most_after_s), name=f"stt {self.label}")
 
     def push(self, payload_b64: str) -> None:
         """Queue one base64 mu-law frame as it arrived (the caller validated it): a live stream's
@@ -199,7 +203,10 @@ class RealtimeTranscriber:
                 await self._task
 
     # --- session loop --------------------------------------------------------------------------
-    async def _run(self) -> None:
+    async def _run(self, not_before: asyncio.Event | None = None, at_most_after_s: float = 0.0) -> None:
+        if not_before is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(not_before.wait(), at_most_after_s)
         failures = 0
         delay = BACKOFF_START_S
         while not self._closed:

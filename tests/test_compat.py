@@ -360,7 +360,7 @@ def test_a_send_to_a_closed_peer_goes_through_twisteds_connection_lost_path(tcp_
 
 
 def test_a_closing_connection_or_another_transport_always_gets_twisteds_write(tcp_pair):
-    connection, peer, reactor = tcp_pair
+    connection, _, reactor = tcp_pair
     connection.loseConnection()  # closing: Twisted flushes, then closes; nothing may jump ahead
     compat.write_at_once(connection, b"late")
     assert connection._tempDataLen == 4 and connection in reactor.writers  # queued behind the close, in Twisted's order

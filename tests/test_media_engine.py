@@ -210,3 +210,24 @@ def test_live_audio_is_cut_into_frames_padded_at_the_end_and_an_empty_response_i
     assert audio == [b"\x21" * 160, b"\x21" * 160, b"\x21" * 80 + b"\xff" * 80]
     assert [m["mark"]["name"] for m in sent if m["event"] == "mark"] == ["utt-a"]
     assert failed == []
+
+
+def test_first_audio_is_also_set_when_the_only_utterance_fails_without_a_frame():
+    """The consumer holds the transcription session back until ``first_audio``: a greeting whose
+    synthesis fails must release it when the pacer gives up, not leave it waiting for a frame."""
+    failed = []
+
+    async def scenario():
+        async def send(text):
+            pass
+
+        playback = Playback(OutboundFrames("MZ1"), send, None, on_failed=failed.append, on_stuck=None, probe=None)
+        greeting = Utterance(id="g", text="", entry_id=7, initial=True)
+        playback.enqueue_live(greeting)
+        assert not playback.first_audio.is_set()
+        playback.finish(greeting, error="OpenAI TTS error: HTTP 500")
+        await asyncio.wait_for(playback.first_audio.wait(), 10)
+        return greeting.sent
+
+    assert asyncio.run(scenario()) == 0
+    assert [u.id for u in failed] == ["g"]

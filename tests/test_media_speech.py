@@ -242,6 +242,56 @@ def test_transcriber_reconnects_with_backoff_and_keeps_queued_audio(fake_openai,
     assert transcriber.sessions == 2 and fake_openai.sessions[-1].audio_bytes == 800
 
 
+def test_a_transcriber_told_to_wait_connects_after_its_event_or_its_deadline(fake_openai):
+    """A stream's transcription session waits for the greeting's first frame (consumer): nothing
+    connects before the event, the audio pushed meanwhile arrives whole, and a greeting that never
+    starts holds the session back only until the deadline."""
+    fake_openai.audio_per_utterance = 10**9
+    settings = stt.stt_settings(config(streaming={"providers": fake_openai.streaming_config()}), env={})
+
+    async def run():
+        frame = base64.b64encode(bytes([0x35]) * 160).decode()
+        sessions_before = len(fake_openai.sessions)
+        greeting_started = asyncio.Event()
+        waiting = stt.RealtimeTranscriber(settings, on_speech_start=Heard().speech_start,
+                                          on_final=Heard().final, label="waits")
+        waiting.start(not_before=greeting_started, at_most_after_s=60)
+        for _ in range(7):
+            waiting.push(frame)
+        for _ in range(20):  # twenty loop turns and 0.2 s: time enough to connect, were it allowed
+            await asyncio.sleep(0.01)
+        assert waiting.sessions == 0 and len(fake_openai.sessions) == sessions_before
+        greeting_started.set()
+        await asyncio.wait_for(waiting.ready.wait(), 10)
+        while len(fake_openai.sessions) == sessions_before or fake_openai.sessions[-1].audio_bytes < 7 * 160:
+            await asyncio.sleep(0.01)  # the fake registers the session on its side of the socket
+        assert fake_openai.sessions[-1].audio_bytes == 7 * 160
+        await waiting.close()
+
+        never = asyncio.Event()  # the greeting never plays: the deadline opens the session
+        late = stt.RealtimeTranscriber(settings, on_speech_start=Heard().speech_start,
+                                       on_final=Heard().final, label="deadline")
+        late.start(not_before=never, at_most_after_s=0.05)
+        await asyncio.wait_for(late.ready.wait(), 10)
+        assert late.sessions == 1 and not never.is_set()
+        await late.close()
+
+        closed = stt.RealtimeTranscriber(settings, on_speech_start=Heard().speech_start,
+                                         on_final=Heard().final, label="closed")
+        closed.start(not_before=asyncio.Event(), at_most_after_s=60)
+        await closed.close()  # the stream went away before its greeting: no session, no task left
+        closed.start()
+        assert closed.sessions == 0 and (closed._task is None or closed._task.done())
+        for _ in range(200):  # the deadline session may reach the fake's list a moment after our side
+            if len(fake_openai.sessions) - sessions_before >= 2:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # and nothing more arrives: the closed transcriber never connected
+        return len(fake_openai.sessions) - sessions_before
+
+    assert asyncio.run(run()) == 2
+
+
 def test_unconfigured_or_unknown_stt_is_reported(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(stt.SttUnavailable, match="apiKey is not set"):
@@ -287,7 +337,10 @@ def test_playback_sends_silence_until_audio_then_frames_in_order_then_one_mark_e
         playback.enqueue(Utterance(id="b", text="two", entry_id=2, initial=False))
         while len(sent) < 5:  # keep-alive while synthesis has produced nothing yet
             await asyncio.sleep(0.001)
+        assert not playback.first_audio.is_set()  # silence is not the first audio
         synth.gate.set()
+        await asyncio.wait_for(playback.first_audio.wait(), 10)
+        assert base64.b64decode(sent[-1]["media"]["payload"])[0] == 1  # set as the first audio frame went out
         while len([m for m in sent if m["event"] == "mark"]) < 2:
             await asyncio.sleep(0.001)
         return sent, playback

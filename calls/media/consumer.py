@@ -81,6 +81,7 @@ CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008  # missing call id, unknown call / bad token, bad audio format, duplicate stream, start timeout
 CLOSE_TRY_AGAIN = 1013  # too many pending sockets; send buffer exceeded
 MAX_QUEUED_JOBS = 256  # a stream's pending ORM jobs (marks, DTMF, transcripts): far above any real backlog
+STT_AFTER_GREETING_MAX_S = 1.0  # the transcription session waits at most this long for the greeting's first frame
 
 BACKPRESSURE = "Backpressure: send buffer exceeded"
 
@@ -412,7 +413,11 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                 on_partial=self._on_partial_transcript,
                 label=f"call {session.call_id}",
             )
-            self.stt.start()
+            # A greeting about to play goes first: its first frame before the transcription
+            # handshake (caller audio queues meanwhile), so that many streams starting at once each
+            # hear audio sooner. A greeting that never starts holds the session back at most 1 s.
+            first_audio = self.playback.first_audio if self.playback is not None and self.playback.playing else None
+            self.stt.start(not_before=first_audio, at_most_after_s=STT_AFTER_GREETING_MAX_S)
         except SttUnavailable as exc:
             logger.warning("media stream of call %s has no speech input: %s", session.call_id, exc)
 

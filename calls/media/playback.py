@@ -149,6 +149,8 @@ class Playback:
         self.frames_sent = 0
         self._sampled_at: float | None = None
         self._playout_until = 0.0  # loop time at which the carrier has played everything sent so far
+        # Set once the first audio frame is on the socket, or the pacer stopped without one.
+        self.first_audio = asyncio.Event()
 
     @property
     def intro_active(self) -> bool:
@@ -233,6 +235,7 @@ class Playback:
                     utterance.sent += 1
                     if utterance.first_sent_at is None:
                         utterance.first_sent_at = loop.time()
+                        self.first_audio.set()
                 elif utterance.done:
                     self.queue.popleft()
                     if utterance.live and not utterance.error and utterance.sent == 0:
@@ -279,6 +282,7 @@ class Playback:
             self._forget_pacer()
             await self._on_stuck()
         finally:
+            self.first_audio.set()
             self._forget_pacer()
 
     def _forget_pacer(self) -> None:
