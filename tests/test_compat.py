@@ -19,7 +19,8 @@ from twisted.web import http
 from voicecall_site import compat
 
 # What each entry was written against (the same pins as requirements.txt).
-WRITTEN_AGAINST = {"kombu": "5.7.0", "daphne": "4.2.3", "Twisted": "26.10.0", "autobahn": "26.11.1"}
+WRITTEN_AGAINST = {"kombu": "5.7.0", "daphne": "4.2.3", "Twisted": "26.10.0", "autobahn": "26.11.1",
+                   "websockets": "17.4"}
 
 
 @pytest.mark.parametrize(("package", "pinned"), WRITTEN_AGAINST.items())
@@ -393,3 +394,104 @@ def test_autobahn_send_data_writes_at_once_only_on_its_plain_branch():
     proto.triggered = True  # autobahn's queue is draining: later data joins it, not the socket
     proto.sendData(b"two")
     assert written == [("plain", b"one")] and list(proto.send_queue) == [(b"queued", False), (b"two", False)]
+
+
+# --- 6. websockets: text sends without the send context -----------------------------------------------
+
+
+def test_websockets_keeps_what_the_direct_text_send_relies_on():
+    from websockets.asyncio.connection import Connection
+
+    import voicecall_site.asgi  # noqa: F401  -- what daphne loads
+
+    assert getattr(Connection, compat.WEBSOCKETS_PATCHED_FLAG, False)
+    patched = Connection.send
+    compat.lean_websockets_text_sends()
+    assert Connection.send is patched  # idempotent
+    context = inspect.getsource(Connection.send_context)
+    assert "self.send_data()" in context and "await self.drain()" in context
+    assert "if self.protocol.state is expected_state:" in context
+    assert "self.send_in_progress" in inspect.getsource(Connection.__init__)
+
+
+def _with_echo_server(scenario):
+    """Run ``scenario(client, received)`` against a real websockets server on loopback that
+    collects every message it receives."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import serve
+
+    async def run():
+        received: list = []
+
+        async def collect(server_side):
+            async for message in server_side:
+                received.append(message)
+
+        async with serve(collect, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}") as client:
+                return await scenario(client, received)
+
+    return asyncio.run(run())
+
+
+def test_text_goes_out_directly_in_order_and_everything_else_through_websockets(monkeypatch):
+    import asyncio
+
+    from websockets.asyncio.connection import Connection
+
+    compat.lean_websockets_text_sends()
+    contexts: list = []
+    original_context = Connection.send_context
+
+    def counting_context(self, *args, **kwargs):
+        contexts.append(1)
+        return original_context(self, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "send_context", counting_context)
+
+    async def scenario(client, received):
+        contexts.clear()  # both sides' opening handshakes went through it
+        await client.send("one")
+        await client.send("two")
+        assert contexts == []  # the calm case: no send context
+        entered = []
+        for message, options in [(b"\x00bin", {}), (["frag", "ment"], {}), ("as binary", {"text": False})]:
+            before = len(contexts)
+            await client.send(message, **options)  # binary, fragmented, an option: websockets' own path
+            entered.append(len(contexts) > before)
+        with monkeypatch.context() as backed_up:  # unsent bytes in the transport: back-pressure applies
+            backed_up.setattr(client.transport, "get_write_buffer_size", lambda: 1)
+            before = len(contexts)
+            await client.send("three")
+            entered.append(len(contexts) > before)
+        before = len(contexts)
+        await client.send("four")
+        entered.append(len(contexts) > before)
+        while len(received) < 7:
+            await asyncio.sleep(0.01)
+        return received, entered
+
+    received, entered = _with_echo_server(scenario)
+    assert received == ["one", "two", b"\x00bin", "fragment", b"as binary", "three", "four"]
+    assert entered == [True, True, True, True, False]  # calm again after the backed-up send: direct
+
+
+def test_a_text_send_on_a_closed_connection_still_raises_connection_closed():
+    import asyncio
+
+    from websockets.exceptions import ConnectionClosed
+
+    compat.lean_websockets_text_sends()
+
+    async def scenario(client, received):
+        await client.close()
+        try:
+            await asyncio.wait_for(client.send("late"), 10)
+        except ConnectionClosed:
+            return "raised"
+        return "sent"
+
+    assert _with_echo_server(scenario) == "raised"

@@ -30,6 +30,8 @@ install_daphne_early_gate()
 compat.lean_autobahn_frames()
 # A frame to an idle socket is sent at once, not a loop turn later (compat.py, entry 5).
 compat.write_websocket_frames_at_once()
+# Audio appends to speech-to-text and the realtime model skip websockets' send context (entry 6).
+compat.lean_websockets_text_sends()
 
 application = ProtocolTypeRouter(
     {
