@@ -21,8 +21,9 @@ What a socket goes through (OpenClaw fact sheet §5):
    in parallel with the group join and that trip, and is dropped if another path spoke the greeting
    meanwhile (the only case where a synthesis is wasted) -- and opens the realtime STT session once
    that greeting's first frame is out, at most ``STT_AFTER_GREETING_MAX_S`` later (it queues the
-   caller's audio until it is connected; many starts at once then spend the loop on first audio) -- or, with ``realtime.enabled``, hands the stream to a
-   ``calls.media.realtime.RealtimeBridge`` (the model speaks and listens; same playback and marks).
+   caller's audio until it is connected; many starts at once then spend the loop on first audio) --
+   or, with ``realtime.enabled``, hands the stream to a ``calls.media.realtime.RealtimeBridge``
+   (the model speaks and listens; same playback and marks).
 3. **Frames**: ``media`` goes to STT untouched (mu-law in, no transcoding), ``dtmf`` becomes a
    ``call.dtmf`` event, a played mark (Plivo: checkpoint) confirms an utterance played, ``stop`` (or,
    on Plivo, the socket closing) ends the stream. Frames over 64 KB, binary frames, malformed JSON
