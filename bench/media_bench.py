@@ -12,12 +12,13 @@ child process of their own; this script plays the carrier's side of every media-
 (``--carrier``: Twilio, Telnyx or Plivo, each in its own wire format and with its own credential:
 Twilio's ``customParameters``, the others' URL query) with the ``websockets`` asyncio client.
 
-Twilio plays what it receives at once, so the gaps are between *arrivals* of audio frames. Telnyx and
-Plivo queue what they receive and play it in order; we send them up to ``send_ahead_seconds`` ahead
-(``providers/media_stream.py``), so arrivals come in a burst and then every 20 ms, and what the caller
-hears is the carrier's playout: the client replays the arrivals through such a queue (a frame plays
-20 ms after the one before it, or when it arrives if the queue ran dry) and the gaps are between
-*played* frames -- a gap over 20 ms is an underrun the caller hears. The floor sends ahead the same way.
+All three carriers queue what they receive and play it in order (reference/protocols.md §4-§6); we
+send up to ``send_ahead_seconds`` ahead (``providers/media_stream.py``), several frames to a message,
+so arrivals come in a burst and then in 100 ms top-ups, and what the caller hears is the carrier's
+playout: the client replays the arrivals through such a queue (a frame plays 20 ms after the one
+before it, or when it arrives if the queue ran dry) and the gaps are between *played* frames -- a gap
+over 20 ms is an underrun the caller hears. The gaps between arrivals are reported too (``arrival
+gap``: our own scheduling jitter, which the carrier's queue hides). The floor sends ahead the same way.
 
 **Ours** is one ``voicecall serve --no-worker --workers W`` (W daphne processes on one port, the
 kernel spreads the sockets); CPU and memory are summed over its daphne processes. **Floor**, in the
@@ -30,7 +31,7 @@ A round at N streams: N calls (each with a greeting of ``--seconds`` of TTS audi
 at once. Each client sends Twilio's ``connected`` and ``start``, then the caller's audio: a 20 ms
 ``media`` frame every 20 ms on its own deadline clock (so the consumer forwards 50 frames/s per
 stream to STT, as on a live call), and records when each outbound frame arrives. Reported per
-round: gaps between consecutive audio frames at the client (p50/p99/max), start -> first greeting
+round: gaps between consecutive played audio frames (p50/p99/max) and between arrivals, start -> first greeting
 audio frame (p50/max, from the moment ``start`` was sent), CPU share of the server processes
 (1 core = 100 %) and per stream, resident-set growth per stream, and the load generator's own
 event-loop lag (p99/max oversleep of a 5 ms timer while the round ran) -- a saturated client
@@ -80,6 +81,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 TIME_BUDGET_S = 420.0
+FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz
 FRAME_S = 0.020
 SILENCE_BYTE = 0xFF
 CALLER_FRAME = base64.b64encode(bytes([0x7F]) * 160).decode()  # near-silent caller audio, 20 ms
@@ -89,7 +91,7 @@ LAG_TICK_S = 0.005
 # Per carrier: how its frames start (to tell audio from marks without parsing JSON on the client),
 # how far ahead of playback audio is sent to it, and the start message it sends.
 CARRIERS = {
-    "twilio": {"audio_prefix": '{"event":"media"', "mark": '"mark"', "send_ahead": 0.0},
+    "twilio": {"audio_prefix": '{"event":"media"', "mark": '"mark"', "send_ahead": 1.0},
     "telnyx": {"audio_prefix": '{"event":"media"', "mark": '"mark"', "send_ahead": 1.0},
     "plivo": {"audio_prefix": '{"event":"playAudio"', "mark": '"checkpoint"', "send_ahead": 1.0},
 }
@@ -159,9 +161,11 @@ class StreamClient:
             async for raw in self.ws:
                 now = time.perf_counter()
                 if raw.startswith(self.audio_prefix):
-                    payload = raw[raw.index('"payload":"') + 11:]
-                    first = base64.b64decode(payload[:4])[0]
-                    self.arrivals.append((now, first != SILENCE_BYTE))
+                    # A message carries one or more 20 ms frames; each counts as arriving now.
+                    start = raw.index('"payload":"') + 11
+                    audio = base64.b64decode(raw[start:raw.index('"', start)])
+                    is_audio = audio[0] != SILENCE_BYTE
+                    self.arrivals.extend([(now, is_audio)] * (len(audio) // FRAME_BYTES))
                 elif self.mark_text in raw:
                     self.marks += 1
                     self.mark_event.set()
@@ -203,15 +207,14 @@ def played_times(arrivals: list[float]) -> list[float]:
     return played
 
 
-def audio_gaps(client: StreamClient) -> tuple[list[float], float, int]:
-    """Gaps between consecutive audio frames as the caller hears them (arrivals on Twilio, the
-    carrier's playout on Telnyx/Plivo); drift of the utterance; audio frame count."""
-    audio = [t for t, is_audio in client.arrivals if is_audio]
-    if CARRIERS[client.carrier]["send_ahead"]:
-        audio = played_times(audio)
+def audio_gaps(client: StreamClient) -> tuple[list[float], list[float], float, int]:
+    """Gaps between consecutive audio frames as the caller hears them (the carrier's playout when we
+    send ahead, else arrivals), gaps between their arrivals, drift of the utterance, frame count."""
+    arrived = [t for t, is_audio in client.arrivals if is_audio]
+    audio = played_times(arrived) if CARRIERS[client.carrier]["send_ahead"] else arrived
     gaps = [b - a for a, b in itertools.pairwise(audio)]
     drift = (audio[-1] - audio[0]) - (len(audio) - 1) * FRAME_S if len(audio) > 1 else 0.0
-    return gaps, drift, len(audio)
+    return gaps, [b - a for a, b in itertools.pairwise(arrived)], drift, len(audio)
 
 
 class LoopLag:
@@ -412,16 +415,18 @@ class Bench:
         cpu_share = (processes_cpu_s(pids) - cpu_before) / wall
         client_share = (time.process_time() - own_before) / wall
         await asyncio.gather(*(c.close() for c in clients))
-        gaps, drifts, frames = [], [], 0
+        gaps, arrival_gaps, drifts, frames = [], [], [], 0
         for client in clients:
-            g, drift, n = audio_gaps(client)
+            g, arrival, drift, n = audio_gaps(client)
             gaps += g
+            arrival_gaps += arrival
             drifts.append(drift)
             frames += n
         firsts = [f for f in (c.first_audio_s() for c in clients) if f is not None]
         return {
             "streams": count, "floor": floor, "seconds": seconds, "frames": frames,
             "gap_p50": percentile(gaps, 50), "gap_p99": percentile(gaps, 99), "gap_max": max(gaps),
+            "arrival_p99": percentile(arrival_gaps, 99), "arrival_max": max(arrival_gaps),
             "drift_max": max(abs(d) for d in drifts),
             "first_p50": percentile(firsts, 50), "first_max": max(firsts), "first_n": len(firsts),
             "cpu": cpu_share, "client_cpu": client_share,
@@ -502,8 +507,8 @@ async def run(bench: Bench) -> None:
           f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
     print("| streams | server | audio frames | gap p50 ms | gap p99 ms | gap max ms | p99 - floor p99 ms "
           "| start -> first audio p50 ms | max ms | CPU % of a core | CPU per stream % | RSS per stream KiB "
-          "| load-gen lag p99 / max ms | streams per daphne |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| load-gen lag p99 / max ms | streams per daphne | arrival gap p99 / max ms |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for count in counts:
         floor = best.get((count, True))
         for is_floor in (True, False):
@@ -514,7 +519,8 @@ async def run(bench: Bench) -> None:
             print(f"| {count} | {'floor' if is_floor else 'ours'} | {r['frames']} | {ms(r['gap_p50'])} "
                   f"| {ms(r['gap_p99'])} | {ms(r['gap_max'])} | {diff} | {ms(r['first_p50'])} | {ms(r['first_max'])} "
                   f"| {r['cpu'] * 100:.0f} | {r['cpu'] * 100 / count:.2f} | {r['rss_growth_kib'] / count:.0f} "
-                  f"| {ms(r['lag_p99'])} / {ms(r['lag_max'])} | {' / '.join(map(str, r['spread']))} |")
+                  f"| {ms(r['lag_p99'])} / {ms(r['lag_max'])} | {' / '.join(map(str, r['spread']))} "
+                  f"| {ms(r['arrival_p99'])} / {ms(r['arrival_max'])} |")
     if drift_run is not None:
         r = drift_run
         print(f"\nOne stream, {r['seconds']:g} s utterance ({r['frames']} frames): drift {ms(r['drift_max'])} ms, "

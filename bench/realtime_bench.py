@@ -317,7 +317,7 @@ class Bench:
         await asyncio.gather(*(c.close() for c in clients))
         gaps, frames = [], 0
         for client in clients:
-            g, _, n = audio_gaps(client)
+            g, _, _, n = audio_gaps(client)
             gaps += g
             frames += n
         firsts = [f for f in (c.first_audio_s() for c in clients) if f is not None]

@@ -19,7 +19,7 @@ LIVE_STREAMS = Gauge("voicecall_live_streams", "Media streams attached to a call
                      multiprocess_mode="livesum")
 FRAME_GAP = Histogram(
     "voicecall_outbound_frame_gap_seconds", "Time between outbound 20 ms audio frames on a media stream "
-    "(one frame in ten is sampled).",
+    "as the carrier plays them (a frame sent after it was due plays late); one frame in ten is sampled.",
     buckets=(0.015, 0.019, 0.021, 0.025, 0.03, 0.04, 0.06, 0.1, 0.2),
 )
 TURN_LATENCY = Histogram(

@@ -20,10 +20,10 @@ A ``StreamWire`` is one column of that table: it parses the carrier's frames int
 media engine acts on (``StreamKind``) and builds its outbound frames (``OutboundFrames``). The
 engine (``calls.media``) is the same for all three.
 
-Pacing: Twilio plays what it receives at once, so we send on a 20 ms deadline clock. Telnyx and Plivo
-queue what they receive and play it in order, so we send *ahead* of playback -- bounded by
-``send_ahead_seconds`` (well under the 2 s the carriers' queues would let a clear discard) -- which
-absorbs scheduling jitter on our side without the caller hearing it.
+Pacing: all three carriers queue what they receive and play it in order (reference/protocols.md
+§4-§6), so we send *ahead* of playback -- bounded by ``send_ahead_seconds`` (well under the 2 s the
+carriers' queues would let a clear discard) -- which absorbs scheduling jitter on our side without the
+caller hearing it, several 20 ms frames to a media message (``calls/media/playback.py``).
 """
 
 from __future__ import annotations

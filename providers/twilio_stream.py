@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 #: The ``<Parameter>`` name carrying our per-call token (fact sheet §3.1).
 TOKEN_PARAMETER = media_stream.TOKEN_PARAMETER
+SEND_AHEAD_SECONDS = 1.0  # as Telnyx and Plivo: absorbs a stalled loop, and a clear drops at most this
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,10 +148,14 @@ class OutboundFrames(media_stream.OutboundFrames):
 
 
 class TwilioStreamWire(media_stream.StreamWire):
-    """Twilio Media Streams, bidirectional (``<Connect><Stream>``): Twilio plays what it gets at once,
-    so audio is paced at real time (``send_ahead_seconds = 0``)."""
+    """Twilio Media Streams, bidirectional (``<Connect><Stream>``). Twilio buffers the outbound audio
+    and plays it in order (reference/protocols.md §4; Twilio's "Media Streams - WebSocket Messages":
+    ``clear`` "interrupts and discards any audio that Twilio has buffered", warning 31931 fires past
+    ten minutes of it), so we send up to ``send_ahead_seconds`` ahead of playback, as to Telnyx and
+    Plivo."""
 
     carrier = "twilio"
+    send_ahead_seconds = SEND_AHEAD_SECONDS
     kinds = {
         "connected": StreamKind.CONNECTED, "start": StreamKind.START, "media": StreamKind.MEDIA,
         "mark": StreamKind.PLAYED, "dtmf": StreamKind.DTMF, "stop": StreamKind.STOP,

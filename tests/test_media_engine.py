@@ -113,73 +113,70 @@ def test_a_backlog_of_frames_is_one_append_of_the_joined_audio():
     assert base64.b64decode(message["audio"]) == b"".join(frames)
 
 
-def test_outbound_frames_are_built_when_audio_arrives_not_when_sent():
-    class Synth:
-        async def frames(self, text):
-            yield [b"\x01" * 160, b"\x02" * 160]
-
-    async def scenario():
-        frames = OutboundFrames("MZ" + "0" * 32)
-        sent = []
-
-        async def send(text):
-            sent.append(text)
-
-        playback = Playback(frames, send, Synth(), on_failed=lambda u: None, on_stuck=None, probe=None)
-        utterance = Utterance(id="u1", text="hi", entry_id=None, initial=False)
-        utterance.task = asyncio.get_running_loop().create_task(playback._synthesize(utterance))
-        await utterance.task
-        return frames, list(utterance.frames)
-
-    frames, queued = asyncio.run(scenario())
-    assert queued == [frames.media(b"\x01" * 160), frames.media(b"\x02" * 160)]
-    assert json.loads(queued[0]) == {"event": "media", "streamSid": "MZ" + "0" * 32,
-                                     "media": {"payload": base64.b64encode(b"\x01" * 160).decode()}}
-
-
 class _InstantSynth:
+    """3 s of audio, all at once (a TTS far faster than real time); frame i is 160 bytes of i."""
+
     async def frames(self, text):
-        yield [bytes([7]) * 160] * 150  # 3 s of audio, all at once (a TTS far faster than real time)
+        yield [bytes([index]) * 160 for index in range(150)]
 
 
-@pytest.mark.parametrize(("send_ahead", "burst"), [(0.0, range(1, 2)), (1.0, range(50, 56))])
-def test_audio_is_sent_ahead_of_playback_only_as_far_as_the_carrier_queue_allows(monkeypatch, send_ahead, burst):
-    """Twilio plays what it gets (paced: one frame, then wait); Telnyx/Plivo queue it (the first second
-    goes at once, then one frame per 20 ms) -- and the lead never exceeds the bound."""
-    sent: list[float] = []
-    first_sleep_after: list[int] = []
-
-    class RecordingAsyncio:
-        def __getattr__(self, name):
-            return getattr(asyncio, name)
-
-        async def sleep(self, delay):
-            if delay > 0 and not first_sleep_after:
-                first_sleep_after.append(len(sent))
-            await asyncio.sleep(delay)
-
-    monkeypatch.setattr("calls.media.playback.asyncio", RecordingAsyncio())
+def _play(send_ahead: float, *, frames_wanted: int, progress_every: int = 0):
+    """Play one utterance of _InstantSynth until ``frames_wanted`` frames are out: returns the loop
+    time it was queued and what was sent, as (loop time, message text)."""
+    sent: list[tuple[float, str]] = []
 
     async def scenario():
         loop = asyncio.get_running_loop()
 
         async def send(text):
-            sent.append(loop.time())
+            sent.append((loop.time(), text))
 
         playback = Playback(OutboundFrames("MZ1"), send, _InstantSynth(), on_failed=lambda u: None,
-                            on_stuck=None, probe=None, send_ahead=send_ahead)
+                            on_stuck=None, probe=None, send_ahead=send_ahead, progress_every=progress_every)
         started = loop.time()
         playback.enqueue(Utterance(id="u", text="menu", entry_id=None, initial=False))
-        while len(sent) < 60:
+        while sum(len(_audio_of(text)) for _, text in sent) < frames_wanted * 160:
             await asyncio.sleep(0.005)
         playback.close()
         return started
 
-    started = asyncio.run(scenario())
-    assert first_sleep_after and first_sleep_after[0] in burst
-    # Frame i starts playing at started + i * 20 ms: it was never sent more than the bound before that.
-    leads = [started + index * 0.020 - at for index, at in enumerate(sent)]
-    assert max(leads) <= send_ahead + 0.005
+    return asyncio.run(scenario()), sent
+
+
+def _audio_of(text: str) -> bytes:
+    message = json.loads(text)
+    return base64.b64decode(message["media"]["payload"]) if message["event"] == "media" else b""
+
+
+@pytest.mark.parametrize(("send_ahead", "first", "later"), [(0.0, 1, 1), (1.0, 50, 5)])
+def test_ready_audio_goes_out_at_once_up_to_the_lead_then_in_top_ups_and_never_further_ahead(
+        send_ahead, first, later):
+    """Every carrier queues what it gets: the first message carries all the ready audio that fits in
+    the lead (1 s: 50 frames in one message), then the queue is topped up 100 ms per message. The
+    frames go out whole and in order, and none is sent more than the lead before it plays."""
+    started, sent = _play(send_ahead, frames_wanted=80)
+    messages = [(at, _audio_of(text)) for at, text in sent]
+    assert all(audio for _, audio in messages)  # audio only: no silence, no mark yet
+    counts = [len(audio) // 160 for _, audio in messages]
+    assert counts[0] == first and set(counts[1:-1]) == {later}
+    audio = b"".join(a for _, a in messages)
+    assert audio == b"".join(bytes([index]) * 160 for index in range(len(audio) // 160))
+    # Frame i plays at started + i * 20 ms at the earliest: the last frame of each message was never
+    # sent more than the lead before that.
+    frame = 0
+    for at, chunk in messages:
+        frame += len(chunk) // 160
+        assert started + (frame - 1) * 0.020 - at <= send_ahead + 0.005
+
+
+def test_with_progress_marks_a_message_never_spans_more_than_one_progress_interval():
+    """The realtime bridge truncates where the caller stopped hearing: a progress mark follows every
+    5 frames, so a message carries at most 5 (the 1 s lead goes out as ten of them, each marked)."""
+    _, sent = _play(1.0, frames_wanted=60, progress_every=5)
+    kinds = [json.loads(text)["event"] for _, text in sent]
+    assert kinds[:20] == ["media", "mark"] * 10
+    assert all(len(_audio_of(text)) == 5 * 160 for _, text in sent if json.loads(text)["event"] == "media")
+    assert [json.loads(text)["mark"]["name"] for _, text in sent[:4] if "mark" in text] == ["utt-u-5", "utt-u-10"]
 
 
 def test_live_audio_is_cut_into_frames_padded_at_the_end_and_an_empty_response_is_no_failure():

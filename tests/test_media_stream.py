@@ -59,6 +59,9 @@ def test_greeting_plays_as_paced_frames_then_a_continue_turn_returns_the_callers
     turn = in_thread(services.continue_call, str(call.id), "Does five work for you?")
     stream.wait_for(lambda: len(stream.marks()) == 2, what="the prompt's mark")
     assert len(stream.speech_frames(utterance_byte("Does five work for you?"))) >= 18
+    # Twilio buffers what it is sent: the caller answers once the prompt has played, not while the
+    # last of it is still in the carrier's queue (that would be a barge-in).
+    stream.wait_for(lambda: len(stream.answered_marks) == 2, what="the prompt played out")
     stream.send_media(20)
     turn["thread"].join(30)
     assert turn.get("error") is None

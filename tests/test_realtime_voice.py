@@ -1,7 +1,7 @@
 """Realtime voice end to end on all three carriers: a real daphne bridges each call's media stream to
 a fake OpenAI Realtime server speaking the GA protocol (tests/fakes/openai_realtime.py); the carrier
-side is each carrier's stream fake (Twilio's echoes marks as it gets them, Telnyx's and Plivo's play
-the audio back in real time and answer marks only when it has played).
+side is each carrier's stream fake, which plays the audio back in real time and answers marks only
+when it has played, as all three carriers do.
 
 Assertions are about frames, events and records, never timing.
 """
@@ -67,10 +67,9 @@ class RealtimeEnv:
         return call, stream
 
     def heard(self, stream, text: str) -> list[bytes]:
-        """Frames of ``text`` the caller has heard: Twilio plays on arrival, Telnyx and Plivo play
-        from their queue in real time."""
+        """Frames of ``text`` the caller has heard: every carrier plays from its queue in real time."""
         level = level_byte(text)
-        frames = stream.media_frames() if self.carrier == "twilio" else stream.played_frames()
+        frames = stream.played_frames()
         return [f for f in frames if dominant_byte(f) == level]
 
     def hung_up(self, call: Call) -> bool:

@@ -309,7 +309,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             if synthesizer is not None and admitted.pending_greeting:
                 # The TTS request leaves now, in parallel with the group join and the lease + claim
                 # trip; at 128 simultaneous starts that takes the vendor's first byte off the path.
-                early = playback_prefetch(synthesizer, outbound, admitted.pending_greeting)
+                early = playback_prefetch(synthesizer, admitted.pending_greeting)
             return admitted
 
         try:

@@ -1,12 +1,14 @@
-"""Speech out on one media stream: a FIFO of utterances, deadline-paced 20 ms frames, marks.
+"""Speech out on one media stream: a FIFO of utterances, 20 ms frames on the carrier's playout clock, marks.
 
 Synthesis starts when an utterance is queued and audio is sent as soon as the first TTS bytes are
-converted; frames go out on a deadline clock (``next += 0.020`` on the loop clock, so no drift however
-long the call), with mu-law silence while synthesis has not produced audio yet. The clock is the
-carrier's *playout* clock: to a carrier that plays what it gets at once (Twilio) each frame goes out
-when it is due; to one that queues (Telnyx, Plivo) frames go out up to ``send_ahead`` seconds before
-they are due, so a stall on our side is absorbed by the carrier's queue, and that queue never holds
-more than ``send_ahead`` of audio (a clear empties it). A ``mark`` follows
+converted, with mu-law silence while synthesis has not produced audio yet. The pacer keeps the
+carrier's *playout* clock (``next += 0.020`` per frame on the loop clock, so no drift however long
+the call). Every carrier queues what it is sent and plays it in order (Twilio, Telnyx and Plivo:
+reference/protocols.md §4-§6), so frames go out up to ``send_ahead`` seconds before they play: a stall
+on our side is absorbed by the carrier's queue, and that queue never holds more than ``send_ahead`` of
+audio (a clear empties it). Several frames go in one media message (the carriers take any multiple of
+20 ms): what is ready when the stream starts goes at once, then the queue is topped up
+``REFILL_FRAMES`` at a time -- one message per 100 ms instead of one per 20 ms. A ``mark`` follows
 each utterance; it counts as played when the carrier echoes it. Past ``MAX_SEND_BUFFER_BYTES`` sent
 but not taken by the peer, the peer is not reading and the stream is closed (fact sheet §5.4).
 """
@@ -30,13 +32,14 @@ logger = logging.getLogger(__name__)
 
 MAX_BUFFERED_FRAMES = 100  # 2 s of 20 ms frames synthesized ahead of playback, per utterance
 FRAME_GAP_SAMPLE_EVERY = 10  # one gap in ten frames feeds the histogram (mean of those ten)
+MAX_FRAMES_PER_MESSAGE = 50  # 1 s of audio in one media message at most (Telnyx takes 20 ms to 30 s)
+REFILL_FRAMES = 5  # once ahead, the carrier's queue is topped up 100 ms at a time
 
 #: Send-buffer limit before a socket counts as stuck (fact sheet §5.4: 1 MiB). Overridable for
 #: links known to be slow (and for the back-pressure test) with VOICECALL_STREAM_MAX_SEND_BUFFER.
 MAX_SEND_BUFFER_BYTES = int(os.environ.get("VOICECALL_STREAM_MAX_SEND_BUFFER", str(1024 * 1024)))
-PROBE_EVERY_FRAMES = 5  # check the send buffer every 100 ms of audio (one ioctl)
+PROBE_EVERY_FRAMES = 5  # check the send buffer about every 100 ms of audio (one ioctl)
 MAX_PENDING_UTTERANCES = 8  # fact sheet §5.4 (later): the queue rejects more
-MAX_PACER_LAG_S = 0.2  # behind by more than this (a stalled loop): resynchronise, don't burst
 
 QUEUE_FULL = f"Telephony TTS queue is full for stream; maxPending={MAX_PENDING_UTTERANCES}"
 STREAM_CLOSING = "Media stream is closing"
@@ -48,7 +51,7 @@ class Utterance:
     text: str
     entry_id: int | None
     initial: bool
-    frames: deque[str] = field(default_factory=deque)  # ready-to-send media messages, 20 ms each
+    frames: deque[bytes] = field(default_factory=deque)  # mu-law audio not yet sent, 160 bytes (20 ms) each
     done: bool = False  # synthesis finished (or failed)
     error: str | None = None
     sent: int = 0
@@ -73,14 +76,12 @@ class Utterance:
         return bool(self.frames or self.done)
 
 
-async def synthesize_into(utterance: Utterance, synthesizer: TelephonySynthesizer,
-                          media: Callable[[bytes], str]) -> None:
-    """Synthesize ``utterance.text`` into its frames, built into the carrier's media messages as
-    audio arrives; sets ``done`` (and ``error`` on failure) when it ends."""
+async def synthesize_into(utterance: Utterance, synthesizer: TelephonySynthesizer) -> None:
+    """Synthesize ``utterance.text`` into its 20 ms frames as audio arrives; sets ``done`` (and
+    ``error`` on failure) when it ends."""
     try:
         async for frames in synthesizer.frames(utterance.text):
-            # Built into the carrier's JSON text here, as audio arrives: the pacer only sends.
-            utterance.frames.extend(map(media, frames))
+            utterance.frames.extend(frames)
             utterance.changed.set()
             # At most ~2 s of audio ahead of playback: a TTS faster than real time waits here
             # (and its HTTP body with it), so memory does not grow with the text's length.
@@ -97,11 +98,11 @@ async def synthesize_into(utterance: Utterance, synthesizer: TelephonySynthesize
         utterance.changed.set()
 
 
-def prefetch(synthesizer: TelephonySynthesizer, frames: OutboundFrames, text: str) -> Utterance:
+def prefetch(synthesizer: TelephonySynthesizer, text: str) -> Utterance:
     """Start synthesizing text that a stream is about to be given (its greeting, while the stream is
     still being attached): queue it with ``Playback.enqueue_prefetched``, or ``discard`` it."""
     utterance = Utterance(id=uuid.uuid4().hex, text=text, entry_id=None, initial=False)
-    utterance.task = asyncio.get_running_loop().create_task(synthesize_into(utterance, synthesizer, frames.media))
+    utterance.task = asyncio.get_running_loop().create_task(synthesize_into(utterance, synthesizer))
     return utterance
 
 
@@ -145,9 +146,14 @@ class Playback:
         self.awaiting: dict[str, Utterance] = {}  # mark name -> sent utterance not yet confirmed played
         self._pacer: asyncio.Task | None = None
         self._silence = frames.media(silence_frame())
+        #: frames per media message once the carrier's queue is full: a top-up of REFILL_FRAMES when
+        #: there is room for it ahead, else one (and no more than one progress interval)
+        self._refill = max(1, min(REFILL_FRAMES, int(self.send_ahead / FRAME_SECONDS) // 2,
+                                  progress_every or REFILL_FRAMES))
+        self._max_per_message = min(MAX_FRAMES_PER_MESSAGE, progress_every or MAX_FRAMES_PER_MESSAGE)
         self.closed = False
         self.frames_sent = 0
-        self._sampled_at: float | None = None
+        self._sampled: tuple[float, int] | None = None  # (playout time, frame number) of the last gap sample
         self._playout_until = 0.0  # loop time at which the carrier has played everything sent so far
         # Set once the first audio frame is on the socket, or the pacer stopped without one.
         self.first_audio = asyncio.Event()
@@ -176,11 +182,10 @@ class Playback:
         self._start_pacer()
 
     def feed(self, utterance: Utterance, mulaw: bytes) -> None:
-        """Audio for a live utterance, any length: cut into 20 ms frames, built into carrier JSON."""
+        """Audio for a live utterance, any length: cut into 20 ms frames."""
         data = utterance.remainder + mulaw
         whole = len(data) - len(data) % FRAME_BYTES
-        media = self.frames.media
-        utterance.frames.extend(media(data[i:i + FRAME_BYTES]) for i in range(0, whole, FRAME_BYTES))
+        utterance.frames.extend(data[i:i + FRAME_BYTES] for i in range(0, whole, FRAME_BYTES))
         utterance.remainder = data[whole:]
         utterance.changed.set()
 
@@ -208,34 +213,47 @@ class Playback:
         return bool(self.queue or self.awaiting)
 
     async def _synthesize(self, utterance: Utterance) -> None:
-        await synthesize_into(utterance, self.synthesizer, self.frames.media)
+        await synthesize_into(utterance, self.synthesizer)
 
     async def _pace(self) -> None:
-        """Send one frame per 20 ms slot while anything is queued.
+        """Send the queued utterances' audio, marks after each, while anything is queued.
 
-        Deadlines, not sleeps: ``next_at`` advances by exactly one frame per frame sent, and we sleep
-        until it, so send and scheduling costs never accumulate into drift.
+        ``next_at`` is when the next frame will *play* at the carrier. A message may carry every
+        ready frame that will play within ``send_ahead`` (at most ``_max_per_message``); after one,
+        the pacer sleeps until there is room for ``_refill`` more. Deadlines, not sleeps:
+        ``next_at`` advances by exactly one frame per frame sent, so costs never accumulate into
+        drift. A frame sent after it was due plays on arrival (the carrier ran dry): the clock
+        restarts from then instead of bursting to catch up.
 
-        When a slot is due and the utterance has no audio yet (synthesis starting, or slower than real
-        time), we wait for audio up to one frame period past the due time: audio arriving in that
-        window goes out at once (the clock restarts from it), otherwise a silence frame keeps the
-        line alive. So a fast TTS is heard with no silence queued ahead of it.
+        When the carrier is about to run dry and the utterance has no audio yet (synthesis starting,
+        or slower than real time), we wait for audio up to one frame period past the due time: audio
+        arriving in that window goes out at once, otherwise a silence frame keeps the line alive. So
+        a fast TTS is heard with no silence queued ahead of it.
         """
         loop = asyncio.get_running_loop()
         ahead = self.send_ahead
-        # ``next_at`` is when the next frame will *play*; it is sent at ``next_at - ahead``.
         next_at = max(loop.time(), self._playout_until)
         try:
             while self.queue and not self.closed:
                 utterance = self.queue[0]
+                now = loop.time()
+                if next_at < now:
+                    next_at = now  # the carrier ran dry: what we send now plays on arrival
                 if utterance.frames:
-                    text = utterance.frames.popleft()
+                    room = 1 + int((now + ahead - next_at) / FRAME_SECONDS + 1e-9)
+                    if room < 1:  # the utterance before this one filled the carrier's queue
+                        await asyncio.sleep(next_at - ahead - now)
+                        continue
+                    count = min(len(utterance.frames), room, self._max_per_message)
+                    popleft = utterance.frames.popleft
+                    audio = popleft() if count == 1 else b"".join([popleft() for _ in range(count)])
+                    text = self.frames.media(audio)
                     if len(utterance.frames) <= MAX_BUFFERED_FRAMES:
                         utterance.drained.set()
-                    utterance.sent += 1
                     if utterance.first_sent_at is None:
-                        utterance.first_sent_at = loop.time()
+                        utterance.first_sent_at = now
                         self.first_audio.set()
+                    utterance.sent += count
                 elif utterance.done:
                     self.queue.popleft()
                     if utterance.live and not utterance.error and utterance.sent == 0:
@@ -249,35 +267,40 @@ class Playback:
                     continue  # the next utterance starts in this same slot
                 else:
                     if await utterance.wait_for_audio(next_at + FRAME_SECONDS - loop.time()):
-                        next_at = max(next_at, loop.time())
                         continue
-                    text = self._silence  # keep-alive while synthesis starts (or falls behind)
+                    count, text = 1, self._silence  # keep-alive while synthesis starts (or falls behind)
                     next_at = loop.time()
                 await self._send(text)
-                self.frames_sent += 1
-                if self.progress_every and text is not self._silence and utterance.sent % self.progress_every == 0:
+                before = self.frames_sent
+                self.frames_sent += count
+                if self.progress_every and text is not self._silence and (
+                        utterance.sent // self.progress_every > (utterance.sent - count) // self.progress_every):
                     name = f"utt-{utterance.id}-{utterance.sent}"
                     self.progress[name] = (utterance, utterance.sent)
                     await self._send(self.frames.mark(name))
-                if self.frames_sent % FRAME_GAP_SAMPLE_EVERY == 0:
-                    now = loop.time()
-                    if self._sampled_at is not None:
-                        metrics.FRAME_GAP.observe((now - self._sampled_at) / FRAME_GAP_SAMPLE_EVERY)
-                    self._sampled_at = now
+                if self.frames_sent // FRAME_GAP_SAMPLE_EVERY > before // FRAME_GAP_SAMPLE_EVERY:
+                    # The carrier's playout as the caller hears it (a frame sent late plays on
+                    # arrival): the mean gap since the last sampled frame, about one in ten.
+                    frame = self.frames_sent - self.frames_sent % FRAME_GAP_SAMPLE_EVERY
+                    played_at = next_at + (frame - before - 1) * FRAME_SECONDS
+                    if self._sampled is not None:
+                        sampled_at, sampled_frame = self._sampled
+                        metrics.FRAME_GAP.observe((played_at - sampled_at) / (frame - sampled_frame))
+                    self._sampled = (played_at, frame)
                 if (
                     self._probe is not None
-                    and self.frames_sent % PROBE_EVERY_FRAMES == 0
+                    and self.frames_sent // PROBE_EVERY_FRAMES > before // PROBE_EVERY_FRAMES
                     and self._probe() > MAX_SEND_BUFFER_BYTES
                 ):
                     raise SendBufferExceeded
-                next_at += FRAME_SECONDS
+                next_at += count * FRAME_SECONDS
                 self._playout_until = next_at
-                now = loop.time()
-                delay = next_at - ahead - now
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                elif next_at < now - MAX_PACER_LAG_S:
-                    next_at = now  # the carrier ran dry long ago (a stalled loop): resynchronise, don't burst
+                if utterance.frames or not utterance.done:
+                    # Until there is room ahead for a top-up (or, waiting for audio, until it is due).
+                    refill = self._refill if utterance.frames else 1
+                    delay = next_at + (refill - 1) * FRAME_SECONDS - ahead - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
         except SendBufferExceeded:
             self._forget_pacer()
             await self._on_stuck()

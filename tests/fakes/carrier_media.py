@@ -1,11 +1,13 @@
-"""Telnyx's and Plivo's side of a bidirectional media stream, for tests and the media bench.
+"""The carrier's side of a bidirectional media stream that queues what it is sent, for tests and the
+media bench: Telnyx and Plivo here, Twilio in ``tests/fakes/twilio_media.py`` on the same base.
 
-Both carriers *queue* the audio we send and play it in order in real time (reference/protocols.md §5
-"Telnyx media-streaming WebSocket", §6 "Plivo audio-stream WebSocket"). So does this fake: a player
-thread takes one 20 ms frame off the queue per 20 ms on a deadline clock, and a mark (Telnyx) or
-checkpoint (Plivo) we queued is answered only when the player reaches it -- when the audio before it
-has actually played. A clear (Telnyx ``clear``, Plivo ``clearAudio``) empties the queue: Telnyx
-returns the marks it still held at once, Plivo drops its checkpoints and answers ``clearedAudio``.
+All three carriers *queue* the audio we send and play it in order in real time (reference/protocols.md
+§4 "Outbound media is buffered and played in order", §5 "Telnyx media-streaming WebSocket", §6 "Plivo
+audio-stream WebSocket"). So does this fake: a player thread takes one 20 ms frame off the queue per
+20 ms on a deadline clock, and a mark (Twilio, Telnyx) or checkpoint (Plivo) we queued is answered only
+when the player reaches it -- when the audio before it has actually played. A clear (Twilio and Telnyx
+``clear``, Plivo ``clearAudio``) empties the queue: Twilio and Telnyx return the marks it still held at
+once, Plivo drops its checkpoints and answers ``clearedAudio``.
 
 What arrived and what played is recorded: ``received`` (every frame, in order), ``played`` (the
 frames the caller heard, with the time each started), ``max_queued_s`` (the most audio ever waiting
@@ -47,9 +49,12 @@ class QueuedCarrierStream:
     audio_event = ""
     mark_event = ""
     clear_event = ""
+    #: messages the client library buffers before TCP flow control pushes back on the server
+    client_max_queue = 64
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, headers: dict[str, str] | None = None) -> None:
         self.url = url
+        self.headers = headers or {}
         self.received: list[tuple[str, Any]] = []  # ("media", bytes) | ("mark", name) | ("clear", None) | ("bad", raw)
         self.played: list[tuple[float, bytes]] = []
         self.answered_marks: list[str] = []
@@ -65,11 +70,21 @@ class QueuedCarrierStream:
         self._ws = None
 
     # --- connection ------------------------------------------------------------------------------
-    def connect(self) -> QueuedCarrierStream:
-        self._ws = connect(self.url, open_timeout=10, max_size=2**20, max_queue=64, legacy=True)
-        threading.Thread(target=self._read, daemon=True).start()
+    def connect(self, *, sock=None, read: bool = True):
+        """Open the socket (raises ``websockets.exceptions.InvalidStatus`` if the upgrade is refused).
+
+        ``read=False`` plays a peer that stops reading: nothing is consumed until ``start_reading()``
+        (the client library buffers a few messages, then TCP flow control pushes back on the server).
+        """
+        self._ws = connect(self.url, sock=sock, additional_headers=self.headers, open_timeout=10,
+                           max_size=2**20, max_queue=self.client_max_queue, legacy=True)
         threading.Thread(target=self._play, daemon=True).start()
+        if read:
+            self.start_reading()
         return self
+
+    def start_reading(self) -> None:
+        threading.Thread(target=self._read, daemon=True).start()
 
     def close(self) -> None:
         if self._ws is not None:
@@ -180,7 +195,9 @@ class QueuedCarrierStream:
             return list(self.received)
 
     def media_frames(self) -> list[bytes]:
-        return [data for kind, data in self.snapshot() if kind == "media"]
+        """The audio that arrived, 20 ms frame by 20 ms frame (a message may carry several)."""
+        return [data[start:start + FRAME_BYTES] for kind, data in self.snapshot() if kind == "media"
+                for start in range(0, len(data), FRAME_BYTES)]
 
     def played_frames(self) -> list[bytes]:
         with self._lock:
