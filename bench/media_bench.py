@@ -80,8 +80,12 @@ from bench_support import (
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from providers.audio import FRAME_BYTES  # noqa: E402 -- after the path line above
+from providers.plivo.stream import PlivoStreamWire  # noqa: E402
+from providers.telnyx.stream import TelnyxStreamWire  # noqa: E402
+from providers.twilio_stream import TwilioStreamWire  # noqa: E402
+
 TIME_BUDGET_S = 420.0
-FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz
 FRAME_S = 0.020
 SILENCE_BYTE = 0xFF
 CALLER_FRAME = base64.b64encode(bytes([0x7F]) * 160).decode()  # near-silent caller audio, 20 ms
@@ -89,11 +93,12 @@ LAG_TICK_S = 0.005
 
 
 # Per carrier: how its frames start (to tell audio from marks without parsing JSON on the client),
-# how far ahead of playback audio is sent to it, and the start message it sends.
+# and how far ahead of playback our server sends to it (the floor sends as far ahead).
 CARRIERS = {
-    "twilio": {"audio_prefix": '{"event":"media"', "mark": '"mark"', "send_ahead": 1.0},
-    "telnyx": {"audio_prefix": '{"event":"media"', "mark": '"mark"', "send_ahead": 1.0},
-    "plivo": {"audio_prefix": '{"event":"playAudio"', "mark": '"checkpoint"', "send_ahead": 1.0},
+    "twilio": {"audio_prefix": '{"event":"media"', "mark": '"mark"', "send_ahead": TwilioStreamWire.send_ahead_seconds},
+    "telnyx": {"audio_prefix": '{"event":"media"', "mark": '"mark"', "send_ahead": TelnyxStreamWire.send_ahead_seconds},
+    "plivo": {"audio_prefix": '{"event":"playAudio"', "mark": '"checkpoint"',
+              "send_ahead": PlivoStreamWire.send_ahead_seconds},
 }
 
 
@@ -208,10 +213,10 @@ def played_times(arrivals: list[float]) -> list[float]:
 
 
 def audio_gaps(client: StreamClient) -> tuple[list[float], list[float], float, int]:
-    """Gaps between consecutive audio frames as the caller hears them (the carrier's playout when we
-    send ahead, else arrivals), gaps between their arrivals, drift of the utterance, frame count."""
+    """Gaps between consecutive audio frames as the caller hears them (the carrier's playout), gaps
+    between their arrivals, drift of the utterance, frame count."""
     arrived = [t for t, is_audio in client.arrivals if is_audio]
-    audio = played_times(arrived) if CARRIERS[client.carrier]["send_ahead"] else arrived
+    audio = played_times(arrived)
     gaps = [b - a for a, b in itertools.pairwise(audio)]
     drift = (audio[-1] - audio[0]) - (len(audio) - 1) * FRAME_S if len(audio) > 1 else 0.0
     return gaps, [b - a for a, b in itertools.pairwise(arrived)], drift, len(audio)
@@ -499,7 +504,7 @@ async def run(bench: Bench) -> None:
 
     print(f"\nMachine: nproc={os.cpu_count()}, {cpu_model()}, Python {platform.python_version()}, "
           f"websockets {websockets.__version__}; carrier {bench.args.carrier} "
-          f"({'gaps between played frames of the carrier queue' if CARRIERS[bench.args.carrier]['send_ahead'] else 'gaps between arrivals'}); "
+          "(gaps between played frames of the carrier queue); "
           f"ours = `voicecall serve --workers {bench.args.workers}` "
           f"(PostgreSQL, Redis channel layer); floor = minimal asyncio media server, one process; "
           f"{bench.args.seconds:g} s greeting per stream, caller audio 50 frames/s per stream; "
